@@ -12,6 +12,7 @@
 //! | re-export | from |
 //! | --- | --- |
 //! | [`core`] and its main types at the top level | `sentinel-core`: tiers, config validation, weighted choice, the session rule, the backoff schedule |
+//! | [`zion`], with [`TierConfigCache`] and [`ZionClient`] at the top level | `sentinel-zion`: the Zion client and the tier-config cache (memory or Redis) |
 //!
 //! # Example
 //!
@@ -28,3 +29,5 @@ pub use sentinel_core::{
     BackoffSchedule, ConfigError, ConfigUnavailable, ModelEntry, PickReason, Pinned, RawTierConfig,
     SessionPlan, StaticConfig, Tier, TierConfig, TierConfigSource, TierModels, UnknownTier,
 };
+pub use sentinel_zion as zion;
+pub use sentinel_zion::{TierConfigCache, ZionClient, ZionSettings};

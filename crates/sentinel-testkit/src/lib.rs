@@ -1,0 +1,51 @@
+//! Test support for Sentinel: real servers on loopback, for tests only.
+//!
+//! | type | what it is |
+//! | --- | --- |
+//! | [`RedisServer`] | a real `redis-server` child process on a free port, with stop / restart |
+//! | [`MockZion`] | the Zion control plane serving `GET /api/v1/tiers/config`, with faults |
+//! | [`MockUpstream`] | an OpenAI-compatible provider answering as the requested model, with per-model faults |
+//!
+//! Every instance binds its own port on `127.0.0.1` (never a fixed one) and
+//! shares no state with any other instance, so tests can run in parallel.
+//! The HTTP mocks run on the tokio runtime that starts them and stop when
+//! they are dropped.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use sentinel_testkit::{MockUpstream, MockZion, RedisServer, ZionFault};
+//!
+//! async fn example() -> std::io::Result<()> {
+//!     let redis = RedisServer::start()?;
+//!     let zion = MockZion::start().await?;
+//!     let upstream = MockUpstream::start().await?;
+//!
+//!     // Point the code under test at the three servers.
+//!     let (_redis_url, _zion_url, _openai_base_url) = (redis.url(), zion.url(), upstream.url());
+//!
+//!     // Break Zion, then check what the code under test did.
+//!     zion.set_fault(ZionFault::Status(500));
+//!     assert_eq!(zion.calls(), 0);
+//!     assert_eq!(upstream.total_calls(), 0);
+//!     Ok(())
+//! }
+//!
+//! fn main() {
+//!     let runtime = tokio::runtime::Builder::new_current_thread()
+//!         .enable_all()
+//!         .build()
+//!         .unwrap();
+//!     runtime.block_on(example()).unwrap();
+//! }
+//! ```
+
+pub mod metrics;
+pub mod redis;
+mod server;
+pub mod upstream;
+pub mod zion;
+
+pub use redis::{RedisServer, RespValue};
+pub use upstream::{MockUpstream, RecordedRequest, UpstreamFault};
+pub use zion::{MockZion, ZionFault};

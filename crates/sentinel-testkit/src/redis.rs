@@ -1,0 +1,424 @@
+//! A real `redis-server` child process on a free loopback port.
+//!
+//! The server keeps nothing on disk (`--save "" --appendonly no`) and works in
+//! a fresh temporary directory that is removed on drop. [`RedisServer::stop`]
+//! kills it (Redis is down: connections are refused) and
+//! [`RedisServer::restart`] brings it back, empty, on the same port.
+//!
+//! [`RedisServer::query`] is a small synchronous RESP client for checking
+//! what the code under test stored:
+//!
+//! ```no_run
+//! use sentinel_testkit::{RedisServer, RespValue};
+//!
+//! let redis = RedisServer::start()?;
+//! redis.query(&["SET", "key", "value", "EX", "60"])?;
+//! assert_eq!(redis.query(&["GET", "key"])?, RespValue::Bulk(Some(b"value".to_vec())));
+//! assert!(redis.query(&["TTL", "key"])?.as_integer().is_some_and(|ttl| ttl > 0));
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a started server has to answer `PING`.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many fresh ports [`RedisServer::start`] tries.
+const START_ATTEMPTS: usize = 5;
+/// How long [`RedisServer::restart`] keeps trying to get its port back.
+const REBIND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connect, read and write timeout of [`RedisServer::query`].
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A `redis-server` child process listening on `127.0.0.1` on a free port.
+///
+/// Dropping it kills the process and removes its temporary directory.
+#[derive(Debug)]
+pub struct RedisServer {
+    executable: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// A RESP2 reply, as returned by [`RedisServer::query`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RespValue {
+    /// A simple string such as `OK` or `PONG`.
+    Simple(String),
+    /// An error reply such as `ERR unknown command`.
+    Error(String),
+    /// An integer reply (`TTL`, `DEL`, `EXISTS`, ...).
+    Integer(i64),
+    /// A bulk string; `None` is the nil reply (`GET` of a missing key).
+    Bulk(Option<Vec<u8>>),
+    /// An array; `None` is the nil array.
+    Array(Option<Vec<RespValue>>),
+}
+
+impl RespValue {
+    /// The integer, for an integer reply.
+    pub fn as_integer(&self) -> Option<i64> {
+        match self {
+            Self::Integer(value) => Some(*value),
+            _ => None,
+        }
+    }
+
+    /// The text of a simple string, or of a bulk string that is UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Simple(text) => Some(text),
+            Self::Bulk(Some(bytes)) => std::str::from_utf8(bytes).ok(),
+            _ => None,
+        }
+    }
+
+    /// Whether this is the nil bulk string or the nil array.
+    pub fn is_nil(&self) -> bool {
+        matches!(self, Self::Bulk(None) | Self::Array(None))
+    }
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free loopback port and waits until it
+    /// answers `PING`.
+    ///
+    /// Fails if `redis-server` is not on `PATH`, or if it does not come up
+    /// within 10 seconds on any of a few fresh ports.
+    pub fn start() -> io::Result<Self> {
+        let executable = find_on_path("redis-server").ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "redis-server not found on PATH; the test script installs it",
+            )
+        })?;
+        let dir = fresh_temp_dir()?;
+        let mut server = Self {
+            executable,
+            port: 0,
+            dir,
+            child: None,
+        };
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            server.port = free_port()?;
+            match server.spawn_and_wait() {
+                Ok(child) => {
+                    server.child = Some(child);
+                    return Ok(server);
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::other("redis-server did not start")))
+    }
+
+    /// The URL to give a Redis client: `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port the server listens on (kept across [`restart`](Self::restart)).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Whether the process is running (it has not been stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the server and waits for it to exit: Redis is down, new
+    /// connections are refused and open ones are closed. Does nothing if it
+    /// is already stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, empty, and waits until it
+    /// answers `PING`. A running server is stopped first.
+    ///
+    /// While the port is still held (for example by a client that has not
+    /// noticed the restart yet) this keeps trying for a few seconds.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        let deadline = Instant::now() + REBIND_TIMEOUT;
+        loop {
+            match self.spawn_and_wait() {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                Err(error) if Instant::now() >= deadline => return Err(error),
+                Err(_) => thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Sends one command (each argument as a bulk string) on a new
+    /// connection and returns the reply.
+    ///
+    /// An error reply from Redis is `Ok(RespValue::Error(..))`; `Err` means
+    /// the server could not be reached or answered something that is not
+    /// RESP.
+    pub fn query(&self, args: &[&str]) -> io::Result<RespValue> {
+        let mut stream = TcpStream::connect_timeout(&self.addr(), IO_TIMEOUT)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.write_all(&encode_command(args))?;
+        read_value(&mut BufReader::new(stream))
+    }
+
+    /// Spawns the process on `self.port` and waits for `PING`; kills it
+    /// again on failure.
+    fn spawn_and_wait(&self) -> io::Result<Child> {
+        let mut child = Command::new(&self.executable)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        match wait_for_ping(&mut child, self.addr()) {
+            Ok(()) => Ok(child),
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `PING` until it answers `+PONG`, the child exits or the deadline
+/// passes.
+fn wait_for_ping(child: &mut Child, addr: SocketAddr) -> io::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "redis-server on port {} exited before answering PING ({status})",
+                addr.port()
+            )));
+        }
+        if ping(addr).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "redis-server on port {} did not answer PING within {READY_TIMEOUT:?}",
+                    addr.port()
+                ),
+            ));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ping(addr: SocketAddr) -> io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    stream.write_all(b"*1\r\n$4\r\nPING\r\n")?;
+    let mut reply = [0_u8; 7];
+    stream.read_exact(&mut reply)?;
+    if &reply == b"+PONG\r\n" {
+        Ok(())
+    } else {
+        Err(io::Error::other("unexpected reply to PING"))
+    }
+}
+
+/// Asks the OS for a free loopback port. The listener is dropped before the
+/// port is used, so another process may take it first: callers retry.
+fn free_port() -> io::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Creates a directory under the system temp dir that no other instance
+/// (in this or another process) uses.
+fn fresh_temp_dir() -> io::Result<PathBuf> {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or(0);
+    loop {
+        let name = format!(
+            "sentinel-testkit-redis-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+fn encode_command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn read_value(reader: &mut impl BufRead) -> io::Result<RespValue> {
+    let line = read_line(reader)?;
+    let (tag, rest) = line
+        .split_first()
+        .ok_or_else(|| invalid("empty RESP line"))?;
+    let text = || String::from_utf8_lossy(rest).into_owned();
+    match tag {
+        b'+' => Ok(RespValue::Simple(text())),
+        b'-' => Ok(RespValue::Error(text())),
+        b':' => Ok(RespValue::Integer(parse_int(rest)?)),
+        b'$' => {
+            let Ok(len) = usize::try_from(parse_int(rest)?) else {
+                return Ok(RespValue::Bulk(None));
+            };
+            let mut data = vec![0; len + 2];
+            reader.read_exact(&mut data)?;
+            if !data.ends_with(b"\r\n") {
+                return Err(invalid("bulk string not terminated by CRLF"));
+            }
+            data.truncate(len);
+            Ok(RespValue::Bulk(Some(data)))
+        }
+        b'*' => {
+            let Ok(len) = usize::try_from(parse_int(rest)?) else {
+                return Ok(RespValue::Array(None));
+            };
+            let items = (0..len)
+                .map(|_| read_value(reader))
+                .collect::<io::Result<_>>()?;
+            Ok(RespValue::Array(Some(items)))
+        }
+        _ => Err(invalid("unknown RESP type")),
+    }
+}
+
+/// Reads one CRLF-terminated line, without the CRLF.
+fn read_line(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    reader.read_until(b'\n', &mut line)?;
+    if !line.ends_with(b"\r\n") {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed in the middle of a RESP reply",
+        ));
+    }
+    line.truncate(line.len() - 2);
+    Ok(line)
+}
+
+fn parse_int(digits: &[u8]) -> io::Result<i64> {
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| invalid("bad RESP integer"))
+}
+
+fn invalid(message: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.to_owned())
+}
+
+/// The directory of a server, for tests of this module.
+#[cfg(test)]
+impl RedisServer {
+    fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> io::Result<RespValue> {
+        read_value(&mut BufReader::new(bytes))
+    }
+
+    #[test]
+    fn parses_every_resp2_type() {
+        assert_eq!(parse(b"+OK\r\n").unwrap(), RespValue::Simple("OK".into()));
+        assert_eq!(
+            parse(b"-ERR nope\r\n").unwrap(),
+            RespValue::Error("ERR nope".into())
+        );
+        assert_eq!(parse(b":-2\r\n").unwrap(), RespValue::Integer(-2));
+        assert_eq!(parse(b"$-1\r\n").unwrap(), RespValue::Bulk(None));
+        assert_eq!(
+            parse(b"$5\r\na\r\nbc\r\n").unwrap(),
+            RespValue::Bulk(Some(b"a\r\nbc".to_vec()))
+        );
+        assert_eq!(parse(b"*-1\r\n").unwrap(), RespValue::Array(None));
+        assert_eq!(
+            parse(b"*2\r\n:1\r\n$1\r\nx\r\n").unwrap(),
+            RespValue::Array(Some(vec![
+                RespValue::Integer(1),
+                RespValue::Bulk(Some(b"x".to_vec()))
+            ]))
+        );
+        assert!(parse(b"+trunc").is_err());
+        assert!(parse(b"?what\r\n").is_err());
+    }
+
+    #[test]
+    fn encodes_commands_as_bulk_string_arrays() {
+        assert_eq!(
+            encode_command(&["GET", "k"]),
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn drop_removes_the_temp_dir() {
+        let server = RedisServer::start().unwrap();
+        let dir = server.dir().to_path_buf();
+        assert!(dir.is_dir());
+        drop(server);
+        assert!(!dir.exists());
+    }
+}

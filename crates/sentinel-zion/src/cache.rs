@@ -1,0 +1,457 @@
+//! `TierConfigCache`: the validated tier config, from the process's
+//! snapshot, the shared store, or Zion, in that order.
+//!
+//! - **Local snapshot.** An immutable config behind an `ArcSwap`: a request
+//!   costs one atomic load. It expires after the TTL (30 min by default), or
+//!   with the store's key when it was read from the store.
+//! - **Refresh ahead.** In the last 10% of the TTL one background refresh
+//!   runs; requests never wait for it.
+//! - **Single flight.** Concurrent misses in one process make one fetch.
+//!   Across processes sharing a store, a lock (`SET NX PX`, PX = the Zion
+//!   timeout) lets one replica call Zion while the others wait for its value,
+//!   at most PX, and then fetch themselves.
+//! - **Failures.** A failed refresh keeps the last good config in use, past
+//!   its TTL if need be (counted as `stale`). With nothing in the process and
+//!   nothing in the store, a lookup fails with
+//!   [`ConfigUnavailable`], whose `retry_after` the
+//!   routing layer sends as `Retry-After`. After a failed Zion fetch the
+//!   next is spaced 1 s, doubling, at most 30 s; the first lookup after the
+//!   spacing tries again, so the cache recovers on its own. An invalid
+//!   config never replaces a good one. A store that fails (Redis down) is
+//!   logged and counted, and the cache goes on with its snapshot and Zion.
+//!
+//! # Example
+//!
+//! In memory:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use sentinel_zion::{TierConfigCache, ZionClient, ZionSettings};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let zion = ZionClient::new(ZionSettings::new("http://127.0.0.1:9000").api_key("secret"))?;
+//! let cache = TierConfigCache::builder(zion)
+//!     .ttl(Duration::from_secs(1800))
+//!     .build()?;
+//! let config = cache.get().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Shared through Redis:
+//!
+//! ```no_run
+//! use sentinel_zion::{RedisSettings, RedisStore, TierConfigCache, ZionClient, ZionSettings};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let zion = ZionClient::new(ZionSettings::new("http://127.0.0.1:9000"))?;
+//! let pool = sentinel_zion::redis::connect(&RedisSettings::new("redis://127.0.0.1:6379"))?;
+//! let cache = TierConfigCache::builder(zion)
+//!     .store(RedisStore::new(pool, "sentinel:"))
+//!     .build()?;
+//! // `cache` implements sentinel_core::TierConfigSource: hand it to the routing layer.
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use sentinel_core::{ConfigFuture, ConfigUnavailable, RawTierConfig, TierConfig, TierConfigSource};
+use tokio::time::Instant;
+
+use crate::client::ZionClient;
+use crate::metrics as m;
+use crate::store::{ConfigStore, MemoryStore, Stored};
+
+/// The first spacing after a failed Zion fetch.
+const SPACING_INITIAL: Duration = Duration::from_secs(1);
+/// The longest spacing between failed Zion fetches.
+const SPACING_CAP: Duration = Duration::from_secs(30);
+/// The longest TTL accepted.
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How often a replica that lost the lock race looks for the winner's value.
+const LOCK_POLL: Duration = Duration::from_millis(25);
+
+/// The tier-config cache. Cheap to clone: clones share one cache.
+#[derive(Clone)]
+pub struct TierConfigCache {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for TierConfigCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TierConfigCache")
+            .field("ttl", &self.inner.ttl)
+            .field("has_snapshot", &self.inner.snapshot.load().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`TierConfigCache`].
+pub struct TierConfigCacheBuilder {
+    zion: ZionClient,
+    store: Option<Arc<dyn ConfigStore>>,
+    ttl: Duration,
+}
+
+impl fmt::Debug for TierConfigCacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TierConfigCacheBuilder")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TierConfigCacheBuilder {
+    /// The TTL of a fetched config (default 1800 s). Must be greater than
+    /// zero and at most a year.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The shared store (default: a [`MemoryStore`] of this cache's own).
+    pub fn store(mut self, store: impl ConfigStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The shared store, already shared.
+    pub fn shared_store(mut self, store: Arc<dyn ConfigStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Validates the settings and builds the cache. Fetches nothing yet.
+    pub fn build(self) -> Result<TierConfigCache, InvalidCacheSettings> {
+        if self.ttl.is_zero() {
+            return Err(InvalidCacheSettings(
+                "the tier-config TTL must be greater than zero",
+            ));
+        }
+        if self.ttl > MAX_TTL {
+            return Err(InvalidCacheSettings(
+                "the tier-config TTL must be at most one year",
+            ));
+        }
+        Ok(TierConfigCache {
+            inner: Arc::new(Inner {
+                zion: self.zion,
+                store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+                ttl: self.ttl,
+                snapshot: ArcSwapOption::empty(),
+                flight: tokio::sync::Mutex::new(()),
+                refreshing: AtomicBool::new(false),
+                spacing: Mutex::new(Spacing::default()),
+            }),
+        })
+    }
+}
+
+/// Cache settings that break a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidCacheSettings(&'static str);
+
+impl fmt::Display for InvalidCacheSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for InvalidCacheSettings {}
+
+struct Inner {
+    zion: ZionClient,
+    store: Arc<dyn ConfigStore>,
+    ttl: Duration,
+    snapshot: ArcSwapOption<Snapshot>,
+    /// Single flight: held by the one task fetching for this process.
+    flight: tokio::sync::Mutex<()>,
+    refreshing: AtomicBool,
+    spacing: Mutex<Spacing>,
+}
+
+struct Snapshot {
+    config: Arc<TierConfig>,
+    /// When Zion produced it (estimated from the store's TTL when read from there).
+    born: Instant,
+    refresh_at: Instant,
+    expires: Instant,
+}
+
+/// Spacing of Zion fetches after failures.
+#[derive(Default)]
+struct Spacing {
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Store,
+    Zion,
+}
+
+impl TierConfigCache {
+    /// A builder for a cache over `zion`.
+    pub fn builder(zion: ZionClient) -> TierConfigCacheBuilder {
+        TierConfigCacheBuilder {
+            zion,
+            store: None,
+            ttl: Duration::from_secs(1800),
+        }
+    }
+
+    /// The TTL of a fetched config.
+    pub fn ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
+    /// The config to route with. Waits only when the process holds no
+    /// config at all; otherwise answers at once (refreshing in the
+    /// background when due).
+    pub async fn get(&self) -> Result<Arc<TierConfig>, ConfigUnavailable> {
+        if let Some(config) = self.current() {
+            return Ok(config);
+        }
+        self.inner.clone().load_cold().await
+    }
+
+    /// Whether the process holds a config (fresh or stale).
+    pub fn is_loaded(&self) -> bool {
+        self.inner.snapshot.load().is_some()
+    }
+
+    /// Fetches from Zion now, bypassing the snapshot, the store and the
+    /// spacing (an operator's "reload"). A valid config replaces the
+    /// snapshot and the store's copy; on failure both stay as they were.
+    pub async fn refresh(&self) -> Result<Arc<TierConfig>, ConfigUnavailable> {
+        let _flight = self.inner.flight.lock().await;
+        self.inner.fetch_from_zion().await
+    }
+
+    /// The snapshot's config when there is one, counting the lookup and
+    /// starting a refresh when one is due.
+    fn current(&self) -> Option<Arc<TierConfig>> {
+        let now = Instant::now();
+        let guard = self.inner.snapshot.load();
+        let snap = guard.as_ref()?;
+        ::metrics::gauge!(m::TIER_CONFIG_AGE)
+            .set(now.saturating_duration_since(snap.born).as_secs_f64());
+        if now < snap.expires {
+            ::metrics::counter!(m::TIER_CONFIG_LOOKUPS, "result" => "local_hit").increment(1);
+            if now >= snap.refresh_at {
+                self.inner.spawn_refresh();
+            }
+        } else {
+            ::metrics::counter!(m::TIER_CONFIG_LOOKUPS, "result" => "stale").increment(1);
+            self.inner.spawn_refresh();
+        }
+        Some(snap.config.clone())
+    }
+}
+
+impl Inner {
+    async fn load_cold(self: Arc<Self>) -> Result<Arc<TierConfig>, ConfigUnavailable> {
+        let _flight = self.flight.lock().await;
+        // Whoever held the flight before us may have loaded it.
+        if let Some(snap) = self.snapshot.load_full() {
+            ::metrics::counter!(m::TIER_CONFIG_LOOKUPS, "result" => "local_hit").increment(1);
+            return Ok(snap.config.clone());
+        }
+        if let Some(wait) = self.spacing_left() {
+            ::metrics::counter!(m::TIER_CONFIG_LOOKUPS, "result" => "miss").increment(1);
+            return Err(ConfigUnavailable::new(
+                wait,
+                "no tier config is cached and Zion failed recently",
+            ));
+        }
+        let result = self.fetch(Duration::ZERO).await;
+        let label = match result {
+            Ok((_, Source::Store)) => "backend_hit",
+            _ => "miss",
+        };
+        ::metrics::counter!(m::TIER_CONFIG_LOOKUPS, "result" => label).increment(1);
+        result.map(|(c, _)| c)
+    }
+
+    /// Starts one background refresh unless one runs, the spacing forbids
+    /// it, or there is no runtime to run it on.
+    fn spawn_refresh(self: &Arc<Self>) {
+        if self.spacing_left().is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.clone();
+        runtime.spawn(async move {
+            {
+                let _flight = inner.flight.lock().await;
+                let due = inner
+                    .snapshot
+                    .load()
+                    .as_ref()
+                    .is_none_or(|s| Instant::now() >= s.refresh_at);
+                if due {
+                    // Failures are logged and counted inside.
+                    let _ = inner.fetch(inner.ttl / 10).await;
+                }
+            }
+            inner.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Time left before Zion may be asked again after failures.
+    fn spacing_left(&self) -> Option<Duration> {
+        let spacing = self.spacing.lock().ok()?;
+        let until = spacing.not_before?;
+        let now = Instant::now();
+        (until > now).then(|| until - now)
+    }
+
+    /// Loads a config from the store (when it has more than `min_left` left)
+    /// or from Zion, installs it and returns it. Call with the flight held.
+    async fn fetch(
+        &self,
+        min_left: Duration,
+    ) -> Result<(Arc<TierConfig>, Source), ConfigUnavailable> {
+        if let Some(config) = self.load_from_store(min_left).await {
+            return Ok((config, Source::Store));
+        }
+
+        let token = fastrand::u64(..);
+        let hold = self.zion.timeout();
+        let locked = match self.store.try_lock(token, hold).await {
+            Ok(locked) => locked,
+            Err(e) => {
+                store_error("lock", &e);
+                // Without a working store there is no one to wait for.
+                true
+            }
+        };
+        if !locked {
+            // Another replica is fetching: wait for its value, at most `hold`.
+            let deadline = Instant::now() + hold;
+            while Instant::now() < deadline {
+                tokio::time::sleep(LOCK_POLL).await;
+                if let Some(config) = self.load_from_store(min_left).await {
+                    return Ok((config, Source::Store));
+                }
+            }
+        }
+
+        let result = self.fetch_from_zion().await.map(|c| (c, Source::Zion));
+        if locked && let Err(e) = self.store.unlock(token).await {
+            store_error("unlock", &e);
+        }
+        result
+    }
+
+    /// Fetches from Zion; on success writes the store and the snapshot and
+    /// resets the spacing, on failure extends the spacing.
+    async fn fetch_from_zion(&self) -> Result<Arc<TierConfig>, ConfigUnavailable> {
+        match self.zion.get_tier_config().await {
+            Ok(config) => {
+                self.reset_spacing();
+                let config = Arc::new(config);
+                match serde_json::to_string(&*config) {
+                    Ok(json) => {
+                        if let Err(e) = self.store.put(json, self.ttl).await {
+                            store_error("set", &e);
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "tier config could not be serialized"),
+                }
+                self.install(config.clone(), self.ttl);
+                Ok(config)
+            }
+            Err(e) => {
+                let wait = self.record_failure();
+                Err(ConfigUnavailable::new(
+                    wait,
+                    format!("fetching from Zion failed: {e}"),
+                ))
+            }
+        }
+    }
+
+    async fn load_from_store(&self, min_left: Duration) -> Option<Arc<TierConfig>> {
+        let Stored { json, ttl_left } = match self.store.get().await {
+            Ok(Some(stored)) if stored.ttl_left > min_left => stored,
+            Ok(_) => return None,
+            Err(e) => {
+                store_error("get", &e);
+                return None;
+            }
+        };
+        let parsed = serde_json::from_str::<RawTierConfig>(&json)
+            .map_err(|e| e.to_string())
+            .and_then(|raw| TierConfig::validate(raw).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(config) => {
+                let config = Arc::new(config);
+                self.install(config.clone(), ttl_left);
+                Some(config)
+            }
+            Err(e) => {
+                ::metrics::counter!(m::TIER_CONFIG_STORE_INVALID).increment(1);
+                tracing::warn!(error = %e, "ignoring an invalid tier config found in the store");
+                None
+            }
+        }
+    }
+
+    fn install(&self, config: Arc<TierConfig>, ttl_left: Duration) {
+        let now = Instant::now();
+        let ttl_left = ttl_left.min(self.ttl);
+        let expires = now + ttl_left;
+        // checked_sub: the monotonic clock may have started less than a TTL ago.
+        let snapshot = Snapshot {
+            config,
+            born: now.checked_sub(self.ttl - ttl_left).unwrap_or(now),
+            refresh_at: expires.checked_sub(self.ttl / 10).unwrap_or(now),
+            expires,
+        };
+        self.snapshot.store(Some(Arc::new(snapshot)));
+    }
+
+    fn record_failure(&self) -> Duration {
+        let Ok(mut spacing) = self.spacing.lock() else {
+            return SPACING_INITIAL;
+        };
+        spacing.failures = spacing.failures.saturating_add(1);
+        let factor = 1u32.checked_shl(spacing.failures - 1).unwrap_or(u32::MAX);
+        let wait = SPACING_INITIAL.saturating_mul(factor).min(SPACING_CAP);
+        spacing.not_before = Some(Instant::now() + wait);
+        wait
+    }
+
+    fn reset_spacing(&self) {
+        if let Ok(mut spacing) = self.spacing.lock() {
+            *spacing = Spacing::default();
+        }
+    }
+}
+
+fn store_error(op: &'static str, e: &crate::store::StoreError) {
+    ::metrics::counter!(m::REDIS_ERRORS, "component" => "tier_config", "op" => op).increment(1);
+    tracing::warn!(error = %e, op, "tier-config store unavailable; going on without it");
+}
+
+impl TierConfigSource for TierConfigCache {
+    fn load(&self) -> ConfigFuture<'_> {
+        Box::pin(self.get())
+    }
+
+    fn cached(&self) -> Option<Arc<TierConfig>> {
+        self.current()
+    }
+}
