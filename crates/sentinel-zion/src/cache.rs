@@ -152,6 +152,36 @@ impl TierConfigCacheBuilder {
     }
 }
 
+/// The environment variable holding the TTL in seconds.
+pub const TTL_ENV: &str = "TIER_CONFIG_TTL_SECONDS";
+
+/// The default TTL: 1800 s (30 minutes).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(1800);
+
+/// Parses a TTL in whole seconds, as [`TTL_ENV`] holds it: an integer from
+/// 1 to one year.
+pub fn parse_ttl_seconds(value: &str) -> Result<Duration, InvalidCacheSettings> {
+    match value.trim().parse::<u64>() {
+        Ok(secs) if secs > 0 && Duration::from_secs(secs) <= MAX_TTL => {
+            Ok(Duration::from_secs(secs))
+        }
+        _ => Err(InvalidCacheSettings(
+            "TIER_CONFIG_TTL_SECONDS must be a whole number of seconds from 1 to 31536000",
+        )),
+    }
+}
+
+/// The TTL from [`TTL_ENV`], or [`DEFAULT_TTL`] when it is unset.
+pub fn ttl_from_env() -> Result<Duration, InvalidCacheSettings> {
+    match std::env::var(TTL_ENV) {
+        Ok(value) => parse_ttl_seconds(&value),
+        Err(std::env::VarError::NotPresent) => Ok(DEFAULT_TTL),
+        Err(std::env::VarError::NotUnicode(_)) => Err(InvalidCacheSettings(
+            "TIER_CONFIG_TTL_SECONDS must be a whole number of seconds from 1 to 31536000",
+        )),
+    }
+}
+
 /// Cache settings that break a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidCacheSettings(&'static str);
@@ -202,7 +232,7 @@ impl TierConfigCache {
         TierConfigCacheBuilder {
             zion,
             store: None,
-            ttl: Duration::from_secs(1800),
+            ttl: DEFAULT_TTL,
         }
     }
 
@@ -453,5 +483,31 @@ impl TierConfigSource for TierConfigCache {
 
     fn cached(&self) -> Option<Arc<TierConfig>> {
         self.current()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_seconds_parse_and_validate() {
+        assert_eq!(parse_ttl_seconds("1800"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_ttl_seconds(" 5 "), Ok(Duration::from_secs(5)));
+        for bad in [
+            "0",
+            "-1",
+            "1.5",
+            "",
+            "abc",
+            "31536001",
+            "99999999999999999999",
+        ] {
+            let err = parse_ttl_seconds(bad).unwrap_err();
+            assert!(
+                err.to_string().contains("TIER_CONFIG_TTL_SECONDS"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

@@ -36,7 +36,10 @@ pub mod metrics;
 pub mod redis;
 pub mod store;
 
-pub use cache::{InvalidCacheSettings, TierConfigCache, TierConfigCacheBuilder};
+pub use cache::{
+    DEFAULT_TTL, InvalidCacheSettings, TTL_ENV, TierConfigCache, TierConfigCacheBuilder,
+    parse_ttl_seconds, ttl_from_env,
+};
 pub use client::{ZionClient, ZionError, ZionErrorKind, ZionSettings};
 pub use redis::RedisSettings;
 pub use store::{ConfigStore, MemoryStore, RedisStore, StoreError, Stored};
