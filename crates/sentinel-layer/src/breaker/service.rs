@@ -1,0 +1,206 @@
+//! The backoff stage as a Tower service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::{HeaderMap, Request, Response, StatusCode, header};
+use http_body_util::Either;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::state::{Admission, Breakers, Outcome, ProbeGuard};
+use crate::body::{ResponseBody, RoutedBody};
+use crate::decision::RoutingDecision;
+use crate::upstream::{BoxError, UpstreamError, UpstreamErrorKind};
+
+/// The circuit-breaking backoff stage: refuses an attempt on a model whose
+/// breaker is open and records every attempt's outcome. Requests without a
+/// [`RoutingDecision`] pass through untouched.
+#[derive(Clone)]
+pub struct Backoff<S> {
+    inner: S,
+    breakers: Arc<Breakers>,
+}
+
+impl<S> std::fmt::Debug for Backoff<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backoff").finish_non_exhaustive()
+    }
+}
+
+impl<S> Backoff<S> {
+    pub(crate) fn new(inner: S, breakers: Arc<Breakers>) -> Self {
+        Backoff { inner, breakers }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the stage, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// Whether a response status is a retryable failure: 429 or 5xx.
+pub(crate) fn is_retryable_status(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// `Retry-After` in delta-seconds, when the upstream sent one.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+impl<S, B, ResBody> Service<Request<RoutedBody<B>>> for Backoff<S>
+where
+    S: Service<Request<RoutedBody<B>>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = UpstreamError;
+    type Future = BackoffFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| UpstreamError::classify(e.into()))
+    }
+
+    fn call(&mut self, req: Request<RoutedBody<B>>) -> Self::Future {
+        let Some(decision) = req.extensions().get::<RoutingDecision>().cloned() else {
+            return BackoffFuture::called(self.inner.call(req), None);
+        };
+        let probe = match self
+            .breakers
+            .admit(&decision.provider, &decision.model, Instant::now())
+        {
+            Admission::Closed => None,
+            Admission::Probe(guard) => Some(guard),
+            Admission::Refused { until } => {
+                return BackoffFuture::refused(UpstreamError::backing_off(until));
+            }
+        };
+        let record = Record {
+            decision,
+            probe,
+            breakers: self.breakers.clone(),
+        };
+        BackoffFuture::called(self.inner.call(req), Some(record))
+    }
+}
+
+/// What to record when an attempt ends.
+struct Record {
+    decision: RoutingDecision,
+    probe: Option<ProbeGuard>,
+    breakers: Arc<Breakers>,
+}
+
+impl Record {
+    fn finish(self, outcome: Outcome) {
+        let now = Instant::now();
+        self.breakers
+            .record(&self.decision.provider, &self.decision.model, outcome, now);
+        if let Some(probe) = self.probe {
+            probe.resolve();
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Backoff`].
+    pub struct BackoffFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Refused { error: Option<UpstreamError> },
+        Called {
+            #[pin]
+            future: F,
+            record: Option<Record>,
+        },
+    }
+}
+
+impl<F> BackoffFuture<F> {
+    fn refused(error: UpstreamError) -> Self {
+        BackoffFuture {
+            state: State::Refused { error: Some(error) },
+        }
+    }
+
+    fn called(future: F, record: Option<Record>) -> Self {
+        BackoffFuture {
+            state: State::Called { future, record },
+        }
+    }
+}
+
+impl<F, ResBody, E> Future for BackoffFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, UpstreamError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Refused { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| UpstreamError::other("polled after completion")))),
+            StateProj::Called { future, record } => {
+                let result = ready!(future.poll(cx));
+                let Some(record) = record.take() else {
+                    return Poll::Ready(
+                        result
+                            .map(|r| r.map(Either::Left))
+                            .map_err(|e| UpstreamError::classify(e.into())),
+                    );
+                };
+                match result {
+                    Ok(response) => {
+                        let outcome = if is_retryable_status(response.status()) {
+                            Outcome::ModelFailure {
+                                retry_after: retry_after(response.headers()),
+                            }
+                        } else {
+                            Outcome::Success
+                        };
+                        let decision = record.decision.clone();
+                        record.finish(outcome);
+                        let mut response = response.map(Either::Left);
+                        response.extensions_mut().insert(decision);
+                        Poll::Ready(Ok(response))
+                    }
+                    Err(e) => {
+                        let error = UpstreamError::classify(e.into());
+                        let outcome = match error.kind() {
+                            UpstreamErrorKind::Connect => Outcome::ConnectFailure,
+                            _ => Outcome::ModelFailure { retry_after: None },
+                        };
+                        record.finish(outcome);
+                        Poll::Ready(Err(error))
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Metric names recorded by the layer (through the `metrics` facade).
+//!
+//! Labels stay low-cardinality: tiers, models and providers come from the
+//! tier config; no session id, request id or client value is ever a label.
+//!
+//! | name | type | labels | meaning |
+//! | --- | --- | --- | --- |
+//! | `sentinel_requests_total` | counter | `tier`, `model`, `provider`, `status` (`2xx`, `4xx`, `5xx`, ...) | routed requests, by effective tier and the model that answered (`none` when no model was chosen) |
+//! | `sentinel_model_selections_total` | counter | `tier`, `model`, `provider`, `reason` (`weighted`, `sticky`, `upgrade`, `retry`) | models chosen, one per attempt |
+//! | `sentinel_retries_total` | counter | `tier` | second attempts on the next model |
+//! | `sentinel_breaker_transitions_total` | counter | `scope` (`model`, `provider`), `name`, `to` (`open`, `closed`) | circuit-breaker transitions |
+//! | `sentinel_models_open` | gauge | | model breakers open right now in this process |
+//! | `sentinel_health_checks_total` | counter | `provider`, `result` (`up`, `down`) | active health-check probes |
+//! | `sentinel_session_upgrades_total` | counter | `from`, `to` | sessions moved to a higher tier |
+//! | `sentinel_redis_fallbacks_total` | counter | `component` (`sessions`, `breakers`) | Redis calls that failed or timed out; the request went on without them |
+//! | `sentinel_errors_total` | counter | `code` | responses Sentinel made itself, by error code |
+//!
+//! Call [`describe`] once after installing a recorder to attach the help texts.
+
+/// Routed requests.
+pub const REQUESTS: &str = "sentinel_requests_total";
+/// Model selections.
+pub const SELECTIONS: &str = "sentinel_model_selections_total";
+/// Retries on the next model.
+pub const RETRIES: &str = "sentinel_retries_total";
+/// Breaker transitions.
+pub const BREAKER_TRANSITIONS: &str = "sentinel_breaker_transitions_total";
+/// Open model breakers.
+pub const MODELS_OPEN: &str = "sentinel_models_open";
+/// Health-check results.
+pub const HEALTH_CHECKS: &str = "sentinel_health_checks_total";
+/// Session upgrades.
+pub const SESSION_UPGRADES: &str = "sentinel_session_upgrades_total";
+/// Redis fallbacks.
+pub const REDIS_FALLBACKS: &str = "sentinel_redis_fallbacks_total";
+/// Sentinel-made errors.
+pub const ERRORS: &str = "sentinel_errors_total";
+
+/// Registers the help text of every metric above with the installed recorder.
+pub fn describe() {
+    use ::metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        REQUESTS,
+        "Routed requests by effective tier, model, provider and status class."
+    );
+    describe_counter!(
+        SELECTIONS,
+        "Model selections by tier, model, provider and reason."
+    );
+    describe_counter!(RETRIES, "Second attempts on the next model of the tier.");
+    describe_counter!(
+        BREAKER_TRANSITIONS,
+        "Circuit-breaker transitions by scope, name and target state."
+    );
+    describe_gauge!(
+        MODELS_OPEN,
+        "Model circuit breakers open right now in this process."
+    );
+    describe_counter!(
+        HEALTH_CHECKS,
+        "Active health-check probes by provider and result."
+    );
+    describe_counter!(SESSION_UPGRADES, "Sessions moved to a higher tier.");
+    describe_counter!(
+        REDIS_FALLBACKS,
+        "Redis calls that failed or timed out; the request went on without them."
+    );
+    describe_counter!(ERRORS, "Responses Sentinel made itself, by error code.");
+}
+
+/// The `status` label: `2xx`, `4xx`, ...
+pub(crate) fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,877 @@
+//! Reading a native-API request: the tier, the session and the body rewrite.
+//!
+//! The tier comes from the body field `tier`, the `X-Sentinel-Tier` header or
+//! a `model` that is exactly a tier name (the model alias); the session from
+//! `X-Sentinel-Session`. The body is read once into a [`ParsedBody`], a list
+//! of its top-level members with their raw JSON text (no `serde_json::Value`
+//! tree is built), and turned into a [`BodyTemplate`] that renders the body
+//! sent upstream for any chosen model: `tier` and `model` removed, every other
+//! member kept byte for byte, `"model":<chosen>` appended.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use sentinel_core::Tier;
+use serde::de::{self, Deserializer as _, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::{ErrorCode, SentinelError};
+
+/// The session header (`X-Sentinel-Session`).
+pub(crate) const SESSION_HEADER: &str = "x-sentinel-session";
+/// The tier header (`X-Sentinel-Tier`).
+pub(crate) const TIER_HEADER: &str = "x-sentinel-tier";
+
+/// The longest session id accepted, in characters (all ASCII, so bytes).
+const MAX_SESSION_LEN: usize = 128;
+
+/// The session id from `X-Sentinel-Session`: `None` without the header.
+///
+/// A present header must be 1 to 128 characters of `A-Z a-z 0-9 . _ : -`
+/// and appear once; anything else is `invalid_session`. The message never
+/// echoes the bad value.
+pub(crate) fn session_id(headers: &HeaderMap) -> Result<Option<String>, SentinelError> {
+    let mut values = headers.get_all(SESSION_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(invalid_session("was given more than once"));
+    }
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_SESSION_LEN {
+        return Err(invalid_session("must be 1 to 128 characters long"));
+    }
+    if !bytes.iter().copied().all(is_session_byte) {
+        return Err(invalid_session(
+            "may only contain the characters A-Z a-z 0-9 . _ : -",
+        ));
+    }
+    // Only ASCII is left, so this cannot fail; map it anyway rather than panic.
+    match std::str::from_utf8(bytes) {
+        Ok(id) => Ok(Some(id.to_owned())),
+        Err(_) => Err(invalid_session("must be ASCII")),
+    }
+}
+
+fn is_session_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')
+}
+
+fn invalid_session(problem: &str) -> SentinelError {
+    SentinelError::new(
+        ErrorCode::InvalidSession,
+        format!(
+            "header `{SESSION_HEADER}` {problem}: it must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"
+        ),
+    )
+}
+
+/// The tier from `X-Sentinel-Tier`: `None` without the header.
+///
+/// The value (ASCII whitespace around it trimmed) must be a tier name in
+/// lowercase; otherwise, or when it is not UTF-8 or the header appears more
+/// than once, `invalid_tier` with the valid names listed.
+pub(crate) fn header_tier(headers: &HeaderMap) -> Result<Option<Tier>, SentinelError> {
+    let mut values = headers.get_all(TIER_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(SentinelError::new(
+            ErrorCode::InvalidTier,
+            format!(
+                "header `{TIER_HEADER}` was given more than once: give one of {}",
+                valid_tiers()
+            ),
+        ));
+    }
+    let Ok(text) = std::str::from_utf8(value.as_bytes()) else {
+        return Err(SentinelError::new(
+            ErrorCode::InvalidTier,
+            format!(
+                "header `{TIER_HEADER}` is not valid UTF-8: expected one of {}",
+                valid_tiers()
+            ),
+        ));
+    };
+    text.trim_matches(|c: char| c.is_ascii_whitespace())
+        .parse::<Tier>()
+        .map(Some)
+        .map_err(|e| {
+            SentinelError::new(
+                ErrorCode::InvalidTier,
+                format!("header `{TIER_HEADER}`: {e}"),
+            )
+        })
+}
+
+/// The valid tier names, comma-separated, in order.
+fn valid_tiers() -> String {
+    Tier::ALL.map(Tier::as_str).join(", ")
+}
+
+/// The buffered request body, read as a JSON object.
+///
+/// Holds the top-level members in their original order, each as its decoded
+/// key (borrowed from the body unless it had escapes) and its raw JSON value
+/// text, plus the fields Sentinel reads. With duplicate top-level keys, the
+/// last occurrence of `tier`, `model` and `stream` is the one read (as most
+/// JSON parsers do); the rewrite drops every occurrence of `tier` and `model`
+/// and keeps every occurrence of the other keys.
+#[derive(Debug)]
+pub(crate) struct ParsedBody<'a> {
+    members: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// The body field `tier`.
+    tier: Option<Tier>,
+    /// The `model` alias: a `model` that is exactly a tier name.
+    model_alias: Option<Tier>,
+    stream: bool,
+}
+
+/// Parses the body: it must be one JSON object (`invalid_json` otherwise),
+/// whose `tier` is absent, `null` or a tier name (`invalid_tier` otherwise)
+/// and whose `model` is absent, `null` or a tier name (`model_not_allowed`
+/// otherwise).
+pub(crate) fn parse_body(bytes: &[u8]) -> Result<ParsedBody<'_>, SentinelError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        invalid_json(&format!(
+            "the body is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let members = (&mut de)
+        .deserialize_map(MembersVisitor)
+        .and_then(|members| de.end().map(|()| members))
+        .map_err(|e| invalid_json(&json_detail(text, &e)))?;
+
+    let last = |name: &str| {
+        members
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| *value)
+    };
+    let tier = match last("tier") {
+        None => None,
+        Some(raw) => body_tier(raw)?,
+    };
+    let model_alias = match last("model") {
+        None => None,
+        Some(raw) => model_alias(raw)?,
+    };
+    let stream = last("stream").is_some_and(|raw| raw.get().trim() == "true");
+    Ok(ParsedBody {
+        members,
+        tier,
+        model_alias,
+        stream,
+    })
+}
+
+impl ParsedBody<'_> {
+    /// Whether the client asked for a stream (`"stream": true`; anything
+    /// else, including `"true"` as a string, is not a stream).
+    pub(crate) fn stream(&self) -> bool {
+        self.stream
+    }
+
+    /// The body to send upstream, waiting for the model: every member but
+    /// `tier` and `model`, in order, with its raw value text, then `"model":`.
+    pub(crate) fn template(&self) -> BodyTemplate {
+        let kept = || {
+            self.members
+                .iter()
+                .filter(|(key, _)| key != "tier" && key != "model")
+        };
+        let size: usize = kept()
+            .map(|(key, value)| key.len() + value.get().len() + 4)
+            .sum();
+        let mut prefix = Vec::with_capacity(size + 16);
+        prefix.push(b'{');
+        for (key, value) in kept() {
+            push_json_string(&mut prefix, key);
+            prefix.push(b':');
+            prefix.extend_from_slice(value.get().as_bytes());
+            prefix.push(b',');
+        }
+        // Each kept member ended with a comma, which now separates it from
+        // `model`; with no kept member there is none.
+        prefix.extend_from_slice(b"\"model\":");
+        BodyTemplate {
+            prefix: Bytes::from(prefix),
+        }
+    }
+}
+
+/// The tier from the body: which of `tier`, the header and the `model` alias
+/// are present must agree (`conflicting_tier` otherwise); none present means
+/// the default, [`Tier::Simple`].
+pub(crate) fn resolve_tier(
+    header: Option<Tier>,
+    body: &ParsedBody<'_>,
+) -> Result<Tier, SentinelError> {
+    let sources = [
+        ("body field `tier`", body.tier),
+        ("header `x-sentinel-tier`", header),
+        ("`model` alias", body.model_alias),
+    ];
+    let mut present = sources
+        .iter()
+        .filter_map(|(source, tier)| tier.map(|tier| (*source, tier)));
+    let Some((_, first)) = present.next() else {
+        return Ok(Tier::default());
+    };
+    if present.all(|(_, tier)| tier == first) {
+        return Ok(first);
+    }
+    let described: Vec<String> = sources
+        .iter()
+        .filter_map(|(source, tier)| tier.map(|tier| format!("{source} is `{tier}`")))
+        .collect();
+    Err(SentinelError::new(
+        ErrorCode::ConflictingTier,
+        format!(
+            "conflicting tiers: {}; give the tier once, or the same tier everywhere",
+            described.join(", ")
+        ),
+    ))
+}
+
+/// The rewritten body, rendered for a model. Cheap to clone and to render
+/// again for a retry on another model.
+#[derive(Debug, Clone)]
+pub(crate) struct BodyTemplate {
+    /// `{` + the kept members, each followed by `,` + `"model":`.
+    prefix: Bytes,
+}
+
+impl BodyTemplate {
+    /// The body sent upstream: the template with `model` set to `model`.
+    pub(crate) fn render(&self, model: &str) -> Bytes {
+        let mut body = Vec::with_capacity(self.prefix.len() + model.len() + 3);
+        body.extend_from_slice(&self.prefix);
+        push_json_string(&mut body, model);
+        body.push(b'}');
+        Bytes::from(body)
+    }
+}
+
+/// Appends `s` as a JSON string.
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    // Serializing a `str` cannot fail, and neither can writing to a `Vec`:
+    // the `Result` carries no information.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn invalid_json(detail: &str) -> SentinelError {
+    SentinelError::new(
+        ErrorCode::InvalidJson,
+        format!("request body must be a JSON object: {detail}"),
+    )
+}
+
+/// A short description of a parse failure that never echoes the body.
+fn json_detail(text: &str, e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        // Syntax and end-of-input messages are fixed strings plus a position.
+        Category::Syntax | Category::Eof => e.to_string(),
+        // Data errors ("invalid type: string \"...\"") may quote the body, so
+        // say only what kind of value was found.
+        Category::Data | Category::Io => {
+            let found = match text.trim_start().as_bytes().first() {
+                Some(b'[') => "an array",
+                Some(b'"') => "a string",
+                Some(b't' | b'f') => "a boolean",
+                Some(b'n') => "null",
+                _ => "a number",
+            };
+            format!("found {found}")
+        }
+    }
+}
+
+/// The body field `tier`: a tier name, or `null`.
+fn body_tier(raw: &RawValue) -> Result<Option<Tier>, SentinelError> {
+    match string_or_null(raw) {
+        Ok(None) => Ok(None),
+        Ok(Some(name)) => name.parse::<Tier>().map(Some).map_err(|e| {
+            SentinelError::new(ErrorCode::InvalidTier, format!("body field `tier`: {e}"))
+        }),
+        Err(NotAString) => Err(SentinelError::new(
+            ErrorCode::InvalidTier,
+            format!(
+                "body field `tier` must be a string: expected one of {}",
+                valid_tiers()
+            ),
+        )),
+    }
+}
+
+/// The `model` alias: `model` naming a tier, or `null`. Any other model is
+/// not the client's to choose.
+fn model_alias(raw: &RawValue) -> Result<Option<Tier>, SentinelError> {
+    match string_or_null(raw) {
+        Ok(None) => Ok(None),
+        Ok(Some(name)) => match name.parse::<Tier>() {
+            Ok(tier) => Ok(Some(tier)),
+            Err(_) => {
+                // Client input: cap what we echo.
+                let shown: String = name.chars().take(64).collect();
+                Err(model_not_allowed(&format!("`{shown}`")))
+            }
+        },
+        Err(NotAString) => Err(model_not_allowed("a non-string `model`")),
+    }
+}
+
+fn model_not_allowed(what: &str) -> SentinelError {
+    SentinelError::new(
+        ErrorCode::ModelNotAllowed,
+        format!(
+            "model {what} is not allowed: models are chosen by Sentinel; set `model` to a tier \
+             (one of {}) or leave it out",
+            valid_tiers()
+        ),
+    )
+}
+
+/// A JSON value that is neither a string nor `null`.
+struct NotAString;
+
+/// Reads a raw value as a string (decoding escapes) or `null`.
+fn string_or_null(raw: &RawValue) -> Result<Option<Cow<'_, str>>, NotAString> {
+    let text = raw.get().trim();
+    if text == "null" {
+        return Ok(None);
+    }
+    if !text.starts_with('"') {
+        return Err(NotAString);
+    }
+    serde_json::from_str::<Key<'_>>(text)
+        .map(|key| Some(key.0))
+        .map_err(|_| NotAString)
+}
+
+/// Collects the members of a JSON object, keys decoded, values raw.
+struct MembersVisitor;
+
+impl<'de> Visitor<'de> for MembersVisitor {
+    type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0));
+        while let Some(Key(key)) = map.next_key()? {
+            let value: &'de RawValue = map.next_value()?;
+            members.push((key, value));
+        }
+        Ok(members)
+    }
+}
+
+/// A JSON string, borrowed from the input when it has no escapes.
+///
+/// (`Cow<str>`'s own `Deserialize` always allocates.)
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> de::Deserialize<'de> for Key<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Key(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Key(Cow::Owned(v)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value, json};
+
+    fn code<T: fmt::Debug>(result: Result<T, SentinelError>) -> ErrorCode {
+        result.unwrap_err().code()
+    }
+
+    fn headers(pairs: &[(&'static str, &[u8])]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_bytes(value).unwrap());
+        }
+        map
+    }
+
+    fn tier_of(body: &str, header: Option<Tier>) -> Result<Tier, SentinelError> {
+        let parsed = parse_body(body.as_bytes())?;
+        resolve_tier(header, &parsed)
+    }
+
+    fn render(body: &str, model: &str) -> String {
+        let parsed = parse_body(body.as_bytes()).unwrap();
+        let rendered = parsed.template().render(model);
+        String::from_utf8(rendered.to_vec()).unwrap()
+    }
+
+    // --- session header ---
+
+    #[test]
+    fn no_session_header_is_no_session() {
+        assert_eq!(session_id(&HeaderMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn valid_session_ids_are_returned() {
+        let all = "AZaz09._:-";
+        let h = headers(&[(SESSION_HEADER, all.as_bytes())]);
+        assert_eq!(session_id(&h).unwrap().as_deref(), Some(all));
+        let one = headers(&[(SESSION_HEADER, b"x")]);
+        assert_eq!(session_id(&one).unwrap().as_deref(), Some("x"));
+        let max = "a".repeat(128);
+        let h = headers(&[(SESSION_HEADER, max.as_bytes())]);
+        assert_eq!(session_id(&h).unwrap(), Some(max));
+    }
+
+    #[test]
+    fn bad_session_ids_are_invalid_session() {
+        let too_long = "a".repeat(129);
+        let bad: [&[u8]; 8] = [
+            b"",
+            too_long.as_bytes(),
+            b"a b",
+            b"a/b",
+            b"a\tb",
+            b"caf\xc3\xa9",
+            b"\xff",
+            b"a=b",
+        ];
+        for value in bad {
+            let err = session_id(&headers(&[(SESSION_HEADER, value)])).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::InvalidSession, "{value:?}");
+            assert_eq!(err.code().status(), 400);
+        }
+    }
+
+    #[test]
+    fn session_message_does_not_echo_the_value() {
+        let value = format!("secret{}", "z".repeat(200));
+        let err = session_id(&headers(&[(SESSION_HEADER, value.as_bytes())])).unwrap_err();
+        assert!(!err.message().contains("secret"), "{}", err.message());
+        assert!(err.message().len() < 200);
+    }
+
+    #[test]
+    fn repeated_session_header_is_invalid_session() {
+        let h = headers(&[(SESSION_HEADER, b"a"), (SESSION_HEADER, b"a")]);
+        assert_eq!(code(session_id(&h)), ErrorCode::InvalidSession);
+    }
+
+    // --- tier header ---
+
+    #[test]
+    fn header_tier_reads_tier_names() {
+        assert_eq!(header_tier(&HeaderMap::new()).unwrap(), None);
+        for tier in Tier::ALL {
+            let h = headers(&[(TIER_HEADER, tier.as_str().as_bytes())]);
+            assert_eq!(header_tier(&h).unwrap(), Some(tier));
+        }
+        let padded = headers(&[(TIER_HEADER, b" complex\t")]);
+        assert_eq!(header_tier(&padded).unwrap(), Some(Tier::Complex));
+    }
+
+    #[test]
+    fn bad_header_tier_is_invalid_tier_listing_valid_names() {
+        let bad: [&[u8]; 5] = [b"huge", b"Simple", b"", b"\xff", b"simple,complex"];
+        for value in bad {
+            let err = header_tier(&headers(&[(TIER_HEADER, value)])).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::InvalidTier, "{value:?}");
+            assert!(
+                err.message().contains("simple, moderate, complex"),
+                "{}",
+                err.message()
+            );
+        }
+        let twice = headers(&[(TIER_HEADER, b"simple"), (TIER_HEADER, b"simple")]);
+        assert_eq!(code(header_tier(&twice)), ErrorCode::InvalidTier);
+    }
+
+    // --- body parsing ---
+
+    #[test]
+    fn non_object_bodies_are_invalid_json() {
+        let bad: [&[u8]; 16] = [
+            b"",
+            b"   ",
+            b"[]",
+            b"[{\"tier\":\"simple\"}]",
+            b"\"a string\"",
+            b"5",
+            b"null",
+            b"true",
+            b"{\"a\":1} x",
+            b"{\"a\":1}{}",
+            b"{\"a\":}",
+            b"{a:1}",
+            b"{\"a\":1,}",
+            b"{\"a\":\"\xff\"}",
+            b"\xef\xbb\xbf{}",
+            b"{\"a\":1",
+        ];
+        for body in bad {
+            let err = parse_body(body).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::InvalidJson, "{body:?}");
+            assert!(err.message().contains("JSON object"), "{}", err.message());
+        }
+    }
+
+    #[test]
+    fn invalid_json_message_does_not_echo_the_body() {
+        let err = parse_body(b"\"secret-value-xyz\"").unwrap_err();
+        assert!(!err.message().contains("secret"), "{}", err.message());
+        assert!(err.message().contains("string"), "{}", err.message());
+        let err = parse_body(b"{\"secret\":1} trailing").unwrap_err();
+        assert!(!err.message().contains("secret"), "{}", err.message());
+    }
+
+    #[test]
+    fn body_tier_only() {
+        assert_eq!(
+            tier_of(r#"{"tier":"complex"}"#, None).unwrap(),
+            Tier::Complex
+        );
+        assert_eq!(tier_of(r#"{"tier":null}"#, None).unwrap(), Tier::Simple);
+    }
+
+    #[test]
+    fn header_only() {
+        assert_eq!(tier_of("{}", Some(Tier::Moderate)).unwrap(), Tier::Moderate);
+    }
+
+    #[test]
+    fn model_alias_only() {
+        assert_eq!(
+            tier_of(r#"{"model":"moderate"}"#, None).unwrap(),
+            Tier::Moderate
+        );
+        assert_eq!(tier_of(r#"{"model":null}"#, None).unwrap(), Tier::Simple);
+    }
+
+    #[test]
+    fn no_source_is_simple() {
+        assert_eq!(tier_of(r#"{"messages":[]}"#, None).unwrap(), Tier::Simple);
+    }
+
+    #[test]
+    fn all_three_agreeing() {
+        let body = r#"{"tier":"complex","model":"complex"}"#;
+        assert_eq!(tier_of(body, Some(Tier::Complex)).unwrap(), Tier::Complex);
+    }
+
+    #[test]
+    fn each_pair_disagreeing_is_conflicting_tier() {
+        let cases = [
+            (r#"{"tier":"simple","model":"complex"}"#, None),
+            (r#"{"tier":"simple"}"#, Some(Tier::Complex)),
+            (r#"{"model":"simple"}"#, Some(Tier::Complex)),
+            (
+                r#"{"tier":"simple","model":"simple"}"#,
+                Some(Tier::Moderate),
+            ),
+        ];
+        for (body, header) in cases {
+            let err = tier_of(body, header).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::ConflictingTier, "{body} {header:?}");
+            assert_eq!(err.code().status(), 400);
+        }
+        let err = tier_of(r#"{"tier":"simple"}"#, Some(Tier::Complex)).unwrap_err();
+        let msg = err.message();
+        assert!(
+            msg.contains("body field `tier` is `simple`") && msg.contains("`complex`"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("header `x-sentinel-tier` is `complex`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_body_tier_is_invalid_tier_listing_valid_names() {
+        for body in [
+            r#"{"tier":"huge"}"#,
+            r#"{"tier":"Simple"}"#,
+            r#"{"tier":""}"#,
+            r#"{"tier":5}"#,
+            r#"{"tier":["simple"]}"#,
+            r#"{"tier":true}"#,
+        ] {
+            let err = parse_body(body.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::InvalidTier, "{body}");
+            assert!(
+                err.message().contains("simple, moderate, complex"),
+                "{}",
+                err.message()
+            );
+        }
+    }
+
+    #[test]
+    fn escaped_tier_names_are_decoded() {
+        assert_eq!(
+            tier_of(r#"{"tier":"\u0073imple"}"#, None).unwrap(),
+            Tier::Simple
+        );
+    }
+
+    #[test]
+    fn other_models_are_not_allowed() {
+        for body in [
+            r#"{"model":"gpt-4o"}"#,
+            r#"{"model":5}"#,
+            r#"{"model":"Moderate"}"#,
+            r#"{"model":""}"#,
+            r#"{"model":{"name":"simple"}}"#,
+        ] {
+            let err = parse_body(body.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::ModelNotAllowed, "{body}");
+            assert_eq!(err.code().status(), 400);
+            let msg = err.message();
+            assert!(msg.contains("chosen by Sentinel"), "{msg}");
+            assert!(msg.contains("simple, moderate, complex"), "{msg}");
+        }
+        let long = format!(r#"{{"model":"{}"}}"#, "m".repeat(10_000));
+        assert!(parse_body(long.as_bytes()).unwrap_err().message().len() < 300);
+    }
+
+    #[test]
+    fn stream_is_true_only_for_json_true() {
+        let stream = |body: &str| parse_body(body.as_bytes()).unwrap().stream();
+        assert!(stream(r#"{"stream":true}"#));
+        assert!(stream(r#"{"stream" : true }"#));
+        assert!(!stream(r#"{"stream":false}"#));
+        assert!(!stream(r#"{"stream":"true"}"#));
+        assert!(!stream(r#"{"stream":1}"#));
+        assert!(!stream(r#"{"stream":null}"#));
+        assert!(!stream("{}"));
+        assert!(!stream(r#"{"options":{"stream":true}}"#));
+    }
+
+    #[test]
+    fn duplicate_keys_last_occurrence_wins() {
+        let body = r#"{"tier":"simple","stream":true,"tier":"complex","stream":false}"#;
+        let parsed = parse_body(body.as_bytes()).unwrap();
+        assert_eq!(resolve_tier(None, &parsed).unwrap(), Tier::Complex);
+        assert!(!parsed.stream());
+        // An invalid earlier occurrence is not read, and all are dropped.
+        let body = r#"{"tier":"huge","model":"gpt","a":1,"tier":"simple","model":"simple"}"#;
+        assert_eq!(tier_of(body, None).unwrap(), Tier::Simple);
+        assert_eq!(render(body, "m"), r#"{"a":1,"model":"m"}"#);
+        // Other duplicates are kept as they are.
+        assert_eq!(
+            render(r#"{"a":1,"a":2}"#, "m"),
+            r#"{"a":1,"a":2,"model":"m"}"#
+        );
+    }
+
+    #[test]
+    fn plain_keys_are_borrowed_escaped_keys_decoded() {
+        let parsed = parse_body(br#"{"plain":1,"a\"b":2}"#).unwrap();
+        assert!(matches!(parsed.members[0].0, Cow::Borrowed("plain")));
+        assert_eq!(parsed.members[1].0, "a\"b");
+        assert_eq!(parsed.members[1].1.get(), "2");
+    }
+
+    // --- rewrite ---
+
+    #[test]
+    fn rewrite_removes_tier_and_model_and_appends_model() {
+        assert_eq!(render("{}", "gpt-x"), r#"{"model":"gpt-x"}"#);
+        assert_eq!(
+            render(r#"{"tier":"simple"}"#, "gpt-x"),
+            r#"{"model":"gpt-x"}"#
+        );
+        assert_eq!(
+            render(
+                r#"{"a":1,"tier":"simple","b":2,"model":"simple","c":3}"#,
+                "gpt-x"
+            ),
+            r#"{"a":1,"b":2,"c":3,"model":"gpt-x"}"#
+        );
+        assert_eq!(
+            render(r#"{"model":"complex","a":1}"#, "gpt-x"),
+            r#"{"a":1,"model":"gpt-x"}"#
+        );
+    }
+
+    #[test]
+    fn raw_values_survive_byte_for_byte() {
+        let body = concat!(
+            r#"{"a":1.0000000000000000001,"b":"\u00e9","c":1e400,"tier":"simple","#,
+            r#""d":{"x":[1, 2,{"y":"\"q\"\n\ud83d\ude00"}],"e":-0.0},"f":"é😀","g":[ ]}"#
+        );
+        assert_eq!(
+            render(body, "gpt-x"),
+            concat!(
+                r#"{"a":1.0000000000000000001,"b":"\u00e9","c":1e400,"#,
+                r#""d":{"x":[1, 2,{"y":"\"q\"\n\ud83d\ude00"}],"e":-0.0},"f":"é😀","g":[ ],"#,
+                r#""model":"gpt-x"}"#
+            )
+        );
+    }
+
+    #[test]
+    fn whitespace_between_members_is_dropped_inside_values_kept() {
+        let body = "{ \"a\" : [1, 2] ,\n\"tier\" : \"simple\" ,\t\"b\":{ \"c\" : 1 } }";
+        assert_eq!(
+            render(body, "m"),
+            r#"{"a":[1, 2],"b":{ "c" : 1 },"model":"m"}"#
+        );
+    }
+
+    #[test]
+    fn keys_needing_escapes_round_trip() {
+        let body = r#"{"a\"b":1,"c\\d":2,"e\nf":3,"\u0041":4}"#;
+        assert_eq!(
+            render(body, "m"),
+            r#"{"a\"b":1,"c\\d":2,"e\nf":3,"A":4,"model":"m"}"#
+        );
+        let rendered: Value = serde_json::from_str(&render(body, "m")).unwrap();
+        assert_eq!(rendered["a\"b"], 1);
+        assert_eq!(rendered["e\nf"], 3);
+    }
+
+    #[test]
+    fn model_names_are_json_encoded() {
+        assert_eq!(render("{}", "we\"ird\\"), r#"{"model":"we\"ird\\"}"#);
+    }
+
+    #[test]
+    fn template_renders_again_for_a_retry() {
+        let parsed = parse_body(br#"{"tier":"moderate","messages":[{"role":"user"}]}"#).unwrap();
+        let template = parsed.template();
+        let retry = template.clone();
+        assert_eq!(
+            template.render("first"),
+            r#"{"messages":[{"role":"user"}],"model":"first"}"#
+        );
+        assert_eq!(
+            retry.render("second"),
+            r#"{"messages":[{"role":"user"}],"model":"second"}"#
+        );
+    }
+
+    #[test]
+    fn rendered_body_equals_original_minus_tier_and_model_plus_model() {
+        let original = json!({
+            "tier": "complex",
+            "model": "complex",
+            "messages": [{"role": "user", "content": "hi \"there\" é"}],
+            "temperature": 0.2,
+            "stream": true,
+            "n": null,
+        });
+        let bytes = serde_json::to_vec(&original).unwrap();
+        let rendered = parse_body(&bytes).unwrap().template().render("gpt-4o");
+        let rendered: Value = serde_json::from_slice(&rendered).unwrap();
+        let mut expected = original;
+        let map = expected.as_object_mut().unwrap();
+        map.remove("tier");
+        map.insert("model".into(), json!("gpt-4o"));
+        assert_eq!(rendered, expected);
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("JSON numbers are finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn rendered_body_is_original_minus_tier_and_model_plus_model(
+            members in prop::collection::btree_map(any::<String>(), json_value(), 0..6),
+            tier in prop::option::of(prop::sample::select(Tier::ALL.to_vec())),
+            alias in prop::option::of(prop::sample::select(Tier::ALL.to_vec())),
+            model in any::<String>(),
+            pretty in any::<bool>(),
+        ) {
+            let mut object: Map<String, Value> = members.into_iter().collect();
+            if let Some(tier) = tier {
+                object.insert("tier".into(), Value::from(tier.as_str()));
+            } else {
+                object.remove("tier");
+            }
+            if let Some(alias) = alias {
+                object.insert("model".into(), Value::from(alias.as_str()));
+            } else {
+                object.remove("model");
+            }
+            let original = Value::Object(object);
+            let bytes = if pretty {
+                serde_json::to_vec_pretty(&original).unwrap()
+            } else {
+                serde_json::to_vec(&original).unwrap()
+            };
+
+            let parsed = parse_body(&bytes).unwrap();
+            prop_assert_eq!(parsed.tier, tier);
+            prop_assert_eq!(parsed.model_alias, alias);
+            let rendered = parsed.template().render(&model);
+            let rendered: Value = serde_json::from_slice(&rendered).unwrap();
+
+            // Compare with the original text parsed the same way, so float
+            // parsing is the same on both sides.
+            let mut expected: Value = serde_json::from_slice(&bytes).unwrap();
+            let map = expected.as_object_mut().unwrap();
+            map.remove("tier");
+            map.insert("model".into(), Value::String(model));
+            prop_assert_eq!(rendered, expected);
+        }
+
+        #[test]
+        fn parse_body_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = parse_body(&bytes).map(|parsed| parsed.template().render("m"));
+        }
+    }
+}

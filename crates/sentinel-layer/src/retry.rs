@@ -1,0 +1,161 @@
+//! The retry stage's policy: once more, on the next model of the tier.
+//!
+//! [`NextModel`] is a tower [`Policy`]: on a connection error, a timeout,
+//! 429, 500, 502, 503 or 504 it chooses another model of the same tier that
+//! has not been tried (the same weighted rule, open breakers excluded),
+//! rewrites the buffered body for it and tries once more. Other 4xx pass
+//! through. The decision is made on the response head, so a stream that
+//! has started is never retried; a request whose body was not buffered
+//! (gRPC) is never retried. When the last attempt fails, the policy answers
+//! in Sentinel's envelope: 502 `upstream_failed`, or 504 `upstream_timeout`
+//! after a timeout.
+
+use std::future::{Ready, ready};
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::Either;
+use sentinel_core::TierConfig;
+use tokio::time::Instant;
+use tower::retry::Policy;
+
+use crate::body::{ResponseBody, RoutedBody};
+use crate::breaker::service::is_retryable_status;
+use crate::decision::{RoutingDecision, SelectionReason};
+use crate::error::{ErrorCode, SentinelError};
+use crate::metrics as m;
+use crate::request::BodyTemplate;
+use crate::select::Selector;
+use crate::upstream::{UpstreamError, UpstreamErrorKind};
+
+/// Attempts per request: the first and one retry.
+const MAX_ATTEMPTS: u32 = 2;
+
+/// What the retry stage needs of a routed request (a request extension).
+#[derive(Clone)]
+pub(crate) struct RouteContext {
+    pub(crate) config: Arc<TierConfig>,
+    pub(crate) template: BodyTemplate,
+}
+
+/// The retry policy: the next model of the tier, once.
+#[derive(Clone)]
+pub struct NextModel {
+    selector: Arc<Selector>,
+    attempts: u32,
+}
+
+impl std::fmt::Debug for NextModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NextModel")
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NextModel {
+    pub(crate) fn new(selector: Arc<Selector>) -> Self {
+        NextModel {
+            selector,
+            attempts: 1,
+        }
+    }
+}
+
+enum Failure {
+    Timeout,
+    BackingOff(Option<Instant>),
+    Other,
+}
+
+impl<B, ResBody> Policy<Request<RoutedBody<B>>, Response<ResponseBody<ResBody>>, UpstreamError>
+    for NextModel
+{
+    type Future = Ready<()>;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<RoutedBody<B>>,
+        result: &mut Result<Response<ResponseBody<ResBody>>, UpstreamError>,
+    ) -> Option<Self::Future> {
+        let failure = match result {
+            Ok(response) if !is_retryable_status(response.status()) => return None,
+            Ok(_) => Failure::Other,
+            Err(e) => match e.kind() {
+                UpstreamErrorKind::Timeout => Failure::Timeout,
+                UpstreamErrorKind::BackingOff => Failure::BackingOff(e.until()),
+                _ => Failure::Other,
+            },
+        };
+        let decision = req.extensions().get::<RoutingDecision>()?.clone();
+        let context = req.extensions().get::<RouteContext>()?.clone();
+
+        if self.attempts < MAX_ATTEMPTS {
+            let now = Instant::now();
+            let models = context.config.tier(decision.tier);
+            let tried = |m: &sentinel_core::ModelEntry| m.is(&decision.provider, &decision.model);
+            if let Ok(next) = self.selector.choose(models, tried, now) {
+                self.attempts += 1;
+                let body = context.template.render(next.model());
+                req.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                *req.body_mut() = RoutedBody::buffered(body);
+                let retry = RoutingDecision {
+                    provider: next.provider_arc().clone(),
+                    model: next.model_arc().clone(),
+                    attempt: self.attempts,
+                    reason: SelectionReason::Retry,
+                    ..decision
+                };
+                ::metrics::counter!(m::RETRIES, "tier" => retry.tier.as_str()).increment(1);
+                ::metrics::counter!(m::SELECTIONS,
+                    "tier" => retry.tier.as_str(),
+                    "model" => retry.model.to_string(),
+                    "provider" => retry.provider.to_string(),
+                    "reason" => SelectionReason::Retry.as_str())
+                .increment(1);
+                tracing::info!(tier = %retry.tier, from = %decision.model, to = %retry.model, "retrying on the next model");
+                req.extensions_mut().insert(retry);
+                return Some(ready(()));
+            }
+        }
+
+        let error = match failure {
+            Failure::Timeout => SentinelError::new(
+                ErrorCode::UpstreamTimeout,
+                format!("the upstream model `{}` timed out", decision.model),
+            ),
+            Failure::BackingOff(until) => {
+                let wait = until.map(|u| u.saturating_duration_since(Instant::now()));
+                let err = SentinelError::new(
+                    ErrorCode::AllModelsBackingOff,
+                    format!("every model of tier `{}` is backing off", decision.tier),
+                );
+                match wait {
+                    Some(w) => err.retry_after(w),
+                    None => err,
+                }
+            }
+            Failure::Other => SentinelError::new(
+                ErrorCode::UpstreamFailed,
+                format!("the upstream model `{}` failed", decision.model),
+            ),
+        };
+        let mut response = error.into_response().map(Either::Right);
+        response.extensions_mut().insert(decision);
+        *result = Ok(response);
+        None
+    }
+
+    fn clone_request(&mut self, req: &Request<RoutedBody<B>>) -> Option<Request<RoutedBody<B>>> {
+        let bytes = req.body().as_bytes()?.clone();
+        req.extensions().get::<RouteContext>()?;
+        let mut clone = Request::new(RoutedBody::buffered(bytes));
+        *clone.method_mut() = req.method().clone();
+        *clone.uri_mut() = req.uri().clone();
+        *clone.version_mut() = req.version();
+        *clone.headers_mut() = req.headers().clone();
+        *clone.extensions_mut() = req.extensions().clone();
+        Some(clone)
+    }
+}

@@ -1,0 +1,73 @@
+//! Session stores: which model a session is pinned to.
+//!
+//! A session (the `X-Sentinel-Session` header) keeps the model it was given;
+//! a request for a higher tier upgrades it, never a lower one. The store
+//! enforces the upgrade-only rule atomically, so two requests of one
+//! session racing with different tiers can never leave it on the lower
+//! tier: [`SessionStore::pin_or_get`] reads and, when it is an upgrade,
+//! writes in one step (one Lua script, one round trip, in Redis).
+//!
+//! TTLs are sliding: every call that finds a pin extends it.
+//!
+//! Two implementations: [`MemorySessionStore`] (bounded: a maximum number of
+//! entries and an idle TTL) and [`RedisSessionStore`] (through `fred`).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use sentinel_core::Pinned;
+
+mod memory;
+mod redis;
+
+pub use memory::MemorySessionStore;
+pub use redis::RedisSessionStore;
+
+/// The future a [`SessionStore`] method returns.
+pub type SessionFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SessionError>> + Send + 'a>>;
+
+/// What [`SessionStore::pin_or_get`] found and left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinOutcome {
+    /// The pin before the call (`None`: a new session).
+    pub previous: Option<Pinned>,
+    /// The pin in force after the call.
+    pub current: Option<Pinned>,
+}
+
+/// Where sessions are pinned.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Atomically: when `candidate` is given and the session has no pin, or a
+    /// pin of a lower tier than `candidate.tier`, pins `candidate`. Extends
+    /// the session's TTL when it has a pin. Returns the pin before and after.
+    fn pin_or_get<'a>(
+        &'a self,
+        session: &'a str,
+        candidate: Option<&'a Pinned>,
+    ) -> SessionFuture<'a, PinOutcome>;
+
+    /// Atomically replaces the pin with `pin` unless the pin in force has a
+    /// higher tier (never a downgrade); equal tiers are replaced (a failover
+    /// within the tier). Extends the TTL. Returns the pin in force after.
+    fn repin<'a>(&'a self, session: &'a str, pin: &'a Pinned) -> SessionFuture<'a, Option<Pinned>>;
+}
+
+/// A session store operation failed (Redis unreachable, timed out, ...).
+#[derive(Debug, Clone)]
+pub struct SessionError(String);
+
+impl SessionError {
+    /// An error with `message`, which must hold no secret.
+    pub fn new(message: impl Into<String>) -> Self {
+        SessionError(message.into())
+    }
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SessionError {}

@@ -1,0 +1,276 @@
+//! [`TierRoutingLayer`] and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::clients::Pool;
+use http::{Method, Uri};
+use sentinel_core::{BackoffSchedule, TierConfigSource};
+use tower::retry::Retry;
+use tower_layer::Layer;
+
+use super::service::TierRouting;
+use super::{Routes, Sessions, Shared};
+use crate::breaker::Backoff;
+use crate::breaker::shared::SharedOpenState;
+use crate::breaker::state::{BreakerSettings, Breakers};
+use crate::health::HealthChecks;
+use crate::retry::NextModel;
+use crate::rng::Randomness;
+use crate::select::Selector;
+use crate::session::SessionStore;
+
+/// Adds tier routing, retry on the next model and circuit-breaking backoff
+/// to a service. See the [module docs](crate::tier_routing).
+#[derive(Clone)]
+pub struct TierRoutingLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for TierRoutingLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TierRoutingLayer").finish_non_exhaustive()
+    }
+}
+
+impl TierRoutingLayer {
+    /// A layer with every default: no sessions, breakers at 3 failures with
+    /// 30 s doubling to 300 s, no health checks, the default routed paths
+    /// and a 32 MiB body limit. Never fails.
+    pub fn new(source: impl TierConfigSource) -> Self {
+        TierRoutingLayer {
+            shared: Arc::new(TierRoutingLayerBuilder::new(Arc::new(source)).shared()),
+        }
+    }
+
+    /// A builder for the optional parts.
+    pub fn builder(source: impl TierConfigSource) -> TierRoutingLayerBuilder {
+        TierRoutingLayerBuilder::new(Arc::new(source))
+    }
+
+    /// Starts the background tasks (health checks, shared breaker sync) now
+    /// instead of on the first request. Must be called inside a tokio
+    /// runtime; does nothing the second time.
+    pub fn start_background_tasks(&self) {
+        self.shared.ensure_background();
+    }
+}
+
+impl<S: Clone> Layer<S> for TierRoutingLayer {
+    type Service = TierRouting<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let backoff = Backoff::new(inner.clone(), self.shared.selector.breakers.clone());
+        let stack = Retry::new(NextModel::new(self.shared.selector.clone()), backoff);
+        TierRouting::new(self.shared.clone(), inner, stack)
+    }
+}
+
+/// Settings that break a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidConfig(String);
+
+impl InvalidConfig {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        InvalidConfig(message.into())
+    }
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid tier-routing settings: {}", self.0)
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
+
+/// Builds a [`TierRoutingLayer`], validating every setting.
+pub struct TierRoutingLayerBuilder {
+    source: Arc<dyn TierConfigSource>,
+    sessions: Option<Arc<dyn SessionStore>>,
+    session_wait: Duration,
+    backoff: Option<(Duration, Duration)>,
+    threshold: u32,
+    health: Option<HealthChecks>,
+    routes: Routes,
+    body_limit: usize,
+    seed: Option<u64>,
+    shared_breakers: Option<(Pool, String)>,
+}
+
+impl fmt::Debug for TierRoutingLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TierRoutingLayerBuilder")
+            .field("session_wait", &self.session_wait)
+            .field("threshold", &self.threshold)
+            .field("body_limit", &self.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TierRoutingLayerBuilder {
+    /// Default body limit: 32 MiB.
+    pub const DEFAULT_BODY_LIMIT: usize = 32 << 20;
+    /// Default consecutive failures that open a breaker.
+    pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+    /// Default bound on waiting for the session store.
+    pub const DEFAULT_SESSION_WAIT: Duration = Duration::from_millis(50);
+
+    fn new(source: Arc<dyn TierConfigSource>) -> Self {
+        TierRoutingLayerBuilder {
+            source,
+            sessions: None,
+            session_wait: Self::DEFAULT_SESSION_WAIT,
+            backoff: None,
+            threshold: Self::DEFAULT_FAILURE_THRESHOLD,
+            health: None,
+            routes: Routes::default(),
+            body_limit: Self::DEFAULT_BODY_LIMIT,
+            seed: None,
+            shared_breakers: None,
+        }
+    }
+
+    /// Keeps sessions (`X-Sentinel-Session`) in `store`.
+    pub fn session_store(mut self, store: impl SessionStore) -> Self {
+        self.sessions = Some(Arc::new(store));
+        self
+    }
+
+    /// The longest a request waits for the session store before it is
+    /// served without pinning (default 50 ms).
+    pub fn session_wait(mut self, wait: Duration) -> Self {
+        self.session_wait = wait;
+        self
+    }
+
+    /// The backoff schedule of open breakers (default 30 s doubling to 300 s).
+    pub fn backoff(mut self, initial: Duration, cap: Duration) -> Self {
+        self.backoff = Some((initial, cap));
+        self
+    }
+
+    /// Consecutive failures that open a model's or provider's breaker
+    /// (default 3; 1 allowed).
+    pub fn failure_threshold(mut self, threshold: u32) -> Self {
+        self.threshold = threshold;
+        self
+    }
+
+    /// Probes providers actively.
+    pub fn health_checks(mut self, checks: HealthChecks) -> Self {
+        self.health = Some(checks);
+        self
+    }
+
+    /// The paths routed for `POST` (default `/v1/chat/completions` and
+    /// `/v1/responses`). `application/grpc` requests are routed on any path.
+    pub fn routed_paths<I, P>(mut self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.routes.paths = paths.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Routes the requests for which `predicate` is true instead of the
+    /// `POST` + path rule (gRPC requests are still routed).
+    pub fn route_if(
+        mut self,
+        predicate: impl Fn(&Method, &Uri) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.routes.predicate = Some(Arc::new(predicate));
+        self
+    }
+
+    /// Whether `application/grpc` requests are routed (default true).
+    pub fn route_grpc(mut self, grpc: bool) -> Self {
+        self.routes.grpc = grpc;
+        self
+    }
+
+    /// The largest routed request body (default 32 MiB; 413 above it).
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Makes the weighted choice reproducible: draws come from `seed` and a
+    /// counter shared by every clone of the layer (tests).
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Shares breaker open state across replicas through Redis, under
+    /// `{prefix}breaker:` keys.
+    pub fn shared_breakers(mut self, pool: Pool, prefix: impl Into<String>) -> Self {
+        self.shared_breakers = Some((pool, prefix.into()));
+        self
+    }
+
+    /// Validates the settings and builds the layer.
+    pub fn build(self) -> Result<TierRoutingLayer, InvalidConfig> {
+        if self.threshold == 0 {
+            return Err(InvalidConfig::new(
+                "the failure threshold must be at least 1",
+            ));
+        }
+        if self.body_limit == 0 {
+            return Err(InvalidConfig::new(
+                "the body limit must be greater than zero",
+            ));
+        }
+        if self.session_wait.is_zero() || self.session_wait > Duration::from_secs(10) {
+            return Err(InvalidConfig::new(
+                "the session wait must be greater than zero and at most 10 s",
+            ));
+        }
+        if let Some((initial, cap)) = self.backoff {
+            BackoffSchedule::new(initial, cap).map_err(|e| InvalidConfig::new(e.to_string()))?;
+        }
+        if let Some(health) = &self.health {
+            health.validate()?;
+        }
+        if self.routes.paths.iter().any(|p| !p.starts_with('/')) {
+            return Err(InvalidConfig::new("routed paths must start with `/`"));
+        }
+        Ok(TierRoutingLayer {
+            shared: Arc::new(self.shared()),
+        })
+    }
+
+    fn shared(self) -> Shared {
+        let schedule = self
+            .backoff
+            .and_then(|(i, c)| BackoffSchedule::new(i, c).ok())
+            .unwrap_or_default();
+        let shared_state = self
+            .shared_breakers
+            .map(|(pool, prefix)| SharedOpenState::new(pool, &prefix));
+        let breakers = Arc::new(Breakers::new(
+            BreakerSettings {
+                threshold: self.threshold.max(1),
+                schedule,
+            },
+            shared_state,
+        ));
+        let rng = match self.seed {
+            Some(seed) => Randomness::seeded(seed),
+            None => Randomness::ThreadLocal,
+        };
+        Shared::new(
+            self.source,
+            Arc::new(Selector::new(breakers, rng)),
+            self.sessions.map(|store| Sessions {
+                store,
+                wait: self.session_wait,
+            }),
+            self.routes,
+            self.body_limit.max(1),
+            self.health,
+        )
+    }
+}

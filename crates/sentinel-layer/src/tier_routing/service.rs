@@ -1,0 +1,457 @@
+//! [`TierRouting`]: the tier-routing service.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Either, Limited};
+use sentinel_core::{PickReason, Pinned, SessionPlan, Tier, TierConfig};
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower::retry::Retry;
+use tower_service::Service;
+
+use super::Shared;
+use super::future::ResponseFuture;
+use crate::body::{ResponseBody, RoutedBody};
+use crate::breaker::Backoff;
+use crate::decision::{RoutingDecision, SelectionReason};
+use crate::error::{ErrorCode, SentinelError};
+use crate::metrics as m;
+use crate::request;
+use crate::retry::{NextModel, RouteContext};
+use crate::select::NoModel;
+use crate::upstream::{BoxError, UpstreamError, UpstreamErrorKind};
+
+/// The response header naming the model that produced the response.
+pub const MODEL_HEADER: &str = "x-sentinel-model";
+/// The response header naming the effective tier.
+pub const TIER_HEADER: &str = "x-sentinel-tier";
+
+/// The tier-routing service made by [`TierRoutingLayer`](super::TierRoutingLayer).
+pub struct TierRouting<S> {
+    shared: Arc<Shared>,
+    inner: S,
+    stack: Retry<NextModel, Backoff<S>>,
+}
+
+impl<S: Clone> Clone for TierRouting<S> {
+    fn clone(&self) -> Self {
+        TierRouting {
+            shared: self.shared.clone(),
+            inner: self.inner.clone(),
+            stack: self.stack.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for TierRouting<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TierRouting").finish_non_exhaustive()
+    }
+}
+
+impl<S> TierRouting<S> {
+    pub(crate) fn new(shared: Arc<Shared>, inner: S, stack: Retry<NextModel, Backoff<S>>) -> Self {
+        TierRouting {
+            shared,
+            inner,
+            stack,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably (the copy used for requests that pass through).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the service, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+type Routed<ResBody> = Response<ResponseBody<ResBody>>;
+
+impl<S, B, ResBody> Service<Request<B>> for TierRouting<S>
+where
+    S: Service<Request<RoutedBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: Send + 'static,
+{
+    type Response = Routed<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Routed<ResBody>, S::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is driven inside each request's future (`oneshot`), after
+        // the routing work: the layer itself is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.shared.ensure_background();
+        if !self
+            .shared
+            .is_routed(req.method(), req.uri(), req.headers())
+        {
+            let inner = self.inner.clone();
+            return ResponseFuture::new(async move {
+                let response = inner.oneshot(req.map(RoutedBody::streaming)).await?;
+                Ok(response.map(Either::Left))
+            });
+        }
+        let shared = self.shared.clone();
+        let stack = self.stack.clone();
+        ResponseFuture::new(async move { Ok::<_, S::Error>(route(shared, stack, req).await) })
+    }
+}
+
+/// A Sentinel error as a response, in the envelope or as a gRPC status.
+fn reject<R>(error: SentinelError, grpc: bool, tier: Option<Tier>) -> Response<ResponseBody<R>> {
+    let mut response = if grpc {
+        crate::grpc::error_response(&error)
+    } else {
+        error.into_response()
+    }
+    .map(Either::Right);
+    if let Some(tier) = tier {
+        response
+            .headers_mut()
+            .insert(TIER_HEADER, HeaderValue::from_static(tier.as_str()));
+    }
+    count_request(tier, None, &response);
+    response
+}
+
+fn count_request<R>(
+    tier: Option<Tier>,
+    decision: Option<&RoutingDecision>,
+    response: &Response<R>,
+) {
+    let tier = tier.map_or("none", Tier::as_str);
+    let (model, provider) = decision.map_or(("none".to_owned(), "none".to_owned()), |d| {
+        (d.model.to_string(), d.provider.to_string())
+    });
+    ::metrics::counter!(m::REQUESTS,
+        "tier" => tier,
+        "model" => model,
+        "provider" => provider,
+        "status" => m::status_class(response.status()))
+    .increment(1);
+}
+
+async fn route<S, B, ResBody>(
+    shared: Arc<Shared>,
+    stack: Retry<NextModel, Backoff<S>>,
+    req: Request<B>,
+) -> Routed<ResBody>
+where
+    S: Service<Request<RoutedBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let grpc = crate::grpc::is_grpc(req.headers());
+    let (mut parts, body) = req.into_parts();
+
+    // Headers first: no need to read a body for a bad header.
+    let session = match request::session_id(&parts.headers) {
+        Ok(s) => s.map(Arc::<str>::from),
+        Err(e) => return reject(e, grpc, None),
+    };
+    let header_tier = match request::header_tier(&parts.headers) {
+        Ok(t) => t,
+        Err(e) => return reject(e, grpc, None),
+    };
+
+    // The body: buffered and rewritten, or (gRPC) passed through.
+    let (requested, template, stream, body) = if grpc {
+        (
+            header_tier.unwrap_or_default(),
+            None,
+            false,
+            RoutedBody::streaming(body),
+        )
+    } else {
+        let too_large = || {
+            SentinelError::new(
+                ErrorCode::BodyTooLarge,
+                format!(
+                    "the request body is larger than {} bytes",
+                    shared.body_limit
+                ),
+            )
+        };
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > shared.body_limit as u64) {
+            return reject(too_large(), grpc, None);
+        }
+        let bytes = match Limited::new(body, shared.body_limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return reject(too_large(), grpc, None);
+            }
+            Err(_) => {
+                let e = SentinelError::new(
+                    ErrorCode::InvalidJson,
+                    "the request body could not be read",
+                );
+                return reject(e, grpc, None);
+            }
+        };
+        let parsed = match request::parse_body(&bytes) {
+            Ok(p) => p,
+            Err(e) => return reject(e, grpc, None),
+        };
+        let requested = match request::resolve_tier(header_tier, &parsed) {
+            Ok(t) => t,
+            Err(e) => return reject(e, grpc, None),
+        };
+        let stream = parsed.stream();
+        (
+            requested,
+            Some(parsed.template()),
+            stream,
+            RoutedBody::buffered(Bytes::new()),
+        )
+    };
+
+    // The config.
+    let config = match shared.source.cached() {
+        Some(c) => c,
+        None => match shared.source.load().await {
+            Ok(c) => c,
+            Err(e) => {
+                let err =
+                    SentinelError::new(ErrorCode::TierConfigUnavailable, e.reason().to_owned())
+                        .retry_after(e.retry_after());
+                return reject(err, grpc, Some(requested));
+            }
+        },
+    };
+    shared.remember(&config);
+
+    // The model.
+    let decision = match decide(&shared, &config, requested, session).await {
+        Ok(d) => RoutingDecision { stream, ..d },
+        Err(e) => return reject(e, grpc, Some(requested)),
+    };
+    ::metrics::counter!(m::SELECTIONS,
+        "tier" => decision.tier.as_str(),
+        "model" => decision.model.to_string(),
+        "provider" => decision.provider.to_string(),
+        "reason" => decision.reason.as_str())
+    .increment(1);
+
+    let body = match template {
+        Some(template) => {
+            let bytes = template.render(&decision.model);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            parts.extensions.insert(RouteContext {
+                config: config.clone(),
+                template,
+            });
+            RoutedBody::buffered(bytes)
+        }
+        None => body,
+    };
+    parts.extensions.insert(decision.clone());
+    let req = Request::from_parts(parts, body);
+
+    let mut response = match stack.oneshot(req).await {
+        Ok(r) => r,
+        // A request that could not be retried (gRPC) failed before a response.
+        Err(e) => {
+            let code = match e.kind() {
+                UpstreamErrorKind::Timeout => ErrorCode::UpstreamTimeout,
+                UpstreamErrorKind::BackingOff => ErrorCode::AllModelsBackingOff,
+                _ => ErrorCode::UpstreamFailed,
+            };
+            let err = SentinelError::new(code, e.to_string());
+            let mut r = reject(err, grpc, Some(decision.tier));
+            stamp(&mut r, &decision);
+            return r;
+        }
+    };
+
+    let last = response
+        .extensions()
+        .get::<RoutingDecision>()
+        .cloned()
+        .unwrap_or(decision.clone());
+    stamp(&mut response, &last);
+    count_request(Some(last.tier), Some(&last), &response);
+
+    // After a failover, the session follows the model that served it.
+    if response.status().is_success()
+        && last.attempt > 1
+        && let (Some(id), Some(sessions)) = (&last.session, &shared.sessions)
+    {
+        let pin = Pinned::new(last.tier, last.provider.clone(), last.model.clone());
+        let repinned = tokio::time::timeout(sessions.wait, sessions.store.repin(id, &pin)).await;
+        if !matches!(repinned, Ok(Ok(_))) {
+            session_fallback();
+        }
+    }
+    response
+}
+
+fn stamp<R>(response: &mut Response<R>, decision: &RoutingDecision) {
+    if let Ok(model) = HeaderValue::from_str(&decision.model) {
+        response.headers_mut().insert(MODEL_HEADER, model);
+    }
+    response.headers_mut().insert(
+        TIER_HEADER,
+        HeaderValue::from_static(decision.tier.as_str()),
+    );
+}
+
+fn session_fallback() {
+    ::metrics::counter!(m::REDIS_FALLBACKS, "component" => "sessions").increment(1);
+}
+
+fn no_model(tier: Tier, why: NoModel) -> SentinelError {
+    match why {
+        NoModel::Empty => SentinelError::new(
+            ErrorCode::TierUnavailable,
+            format!("tier `{tier}` has no model in the tier config"),
+        ),
+        NoModel::BackingOff { wait } => SentinelError::new(
+            ErrorCode::AllModelsBackingOff,
+            format!("every model of tier `{tier}` is backing off"),
+        )
+        .retry_after(wait),
+    }
+}
+
+/// Applies the session rule and the weighted choice.
+async fn decide(
+    shared: &Shared,
+    config: &Arc<TierConfig>,
+    requested: Tier,
+    session: Option<Arc<str>>,
+) -> Result<RoutingDecision, SentinelError> {
+    let now = Instant::now();
+    let selector = &shared.selector;
+    let candidate = selector.choose(config.tier(requested), |_| false, now);
+    let decision =
+        |tier: Tier, m: &sentinel_core::ModelEntry, reason, session: Option<Arc<str>>| {
+            RoutingDecision {
+                requested_tier: requested,
+                tier,
+                provider: m.provider_arc().clone(),
+                model: m.model_arc().clone(),
+                attempt: 1,
+                reason,
+                session,
+                stream: false,
+            }
+        };
+
+    let (Some(id), Some(sessions)) = (session, &shared.sessions) else {
+        return candidate
+            .map(|m| decision(requested, m, SelectionReason::Weighted, None))
+            .map_err(|why| no_model(requested, why));
+    };
+
+    let candidate_pin = candidate
+        .ok()
+        .map(|m| Pinned::new(requested, m.provider_arc().clone(), m.model_arc().clone()));
+    let outcome = tokio::time::timeout(
+        sessions.wait,
+        sessions.store.pin_or_get(&id, candidate_pin.as_ref()),
+    )
+    .await;
+    let outcome = match outcome {
+        Ok(Ok(outcome)) => outcome,
+        _ => {
+            // The store is slow or down: serve without pinning.
+            session_fallback();
+            return candidate
+                .map(|m| decision(requested, m, SelectionReason::Weighted, None))
+                .map_err(|why| no_model(requested, why));
+        }
+    };
+
+    // This request pinned its candidate: a new session, or an upgrade.
+    if let (Some(pin), Some(current), Ok(m)) = (&candidate_pin, &outcome.current, candidate)
+        && pin == current
+        && outcome.previous.as_ref() != Some(current)
+    {
+        let reason = match &outcome.previous {
+            Some(previous) => {
+                ::metrics::counter!(m::SESSION_UPGRADES,
+                    "from" => previous.tier.as_str(),
+                    "to" => requested.as_str())
+                .increment(1);
+                SelectionReason::Upgrade
+            }
+            None => SelectionReason::Weighted,
+        };
+        return Ok(decision(requested, m, reason, Some(id)));
+    }
+
+    let Some(pin) = outcome.current else {
+        // No pin and nothing to pin: the requested tier has no model to give.
+        return Err(match candidate {
+            Err(why) => no_model(requested, why),
+            Ok(_) => no_model(requested, NoModel::Empty),
+        });
+    };
+    match SessionPlan::decide(Some(&pin), requested, config, |m| {
+        selector.available(m, now)
+    }) {
+        SessionPlan::Keep { tier } => {
+            let m = config
+                .tier(tier)
+                .find(&pin.provider, &pin.model)
+                .ok_or_else(|| no_model(tier, NoModel::Empty))?;
+            Ok(decision(tier, m, SelectionReason::Sticky, Some(id)))
+        }
+        SessionPlan::Pick { tier, reason } => {
+            // An upgrade here means the requested (higher) tier had nothing
+            // to give; otherwise the pinned model left or is backing off.
+            let models = config.tier(tier);
+            let m = match reason {
+                PickReason::Upgrade => candidate.map_err(|why| no_model(tier, why))?,
+                _ => selector
+                    .choose(models, |_| false, now)
+                    .map_err(|why| no_model(tier, why))?,
+            };
+            let new_pin = Pinned::new(tier, m.provider_arc().clone(), m.model_arc().clone());
+            let repinned =
+                tokio::time::timeout(sessions.wait, sessions.store.repin(&id, &new_pin)).await;
+            if !matches!(repinned, Ok(Ok(_))) {
+                session_fallback();
+            }
+            Ok(decision(tier, m, SelectionReason::Weighted, Some(id)))
+        }
+    }
+}
+
+// `Infallible` is the error type of axum's routes; keep the bound honest.
+const _: fn() = || {
+    fn assert_error<E: Into<BoxError>>() {}
+    assert_error::<Infallible>();
+    let _ = UpstreamError::classify;
+};

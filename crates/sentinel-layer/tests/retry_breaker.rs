@@ -1,0 +1,375 @@
+//! Retry on the next model and the circuit-breaking backoff, with a
+//! scripted inner service (tower-test) and paused time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use metrics_util::debugging::DebuggingRecorder;
+use sentinel_core::StaticConfig;
+use sentinel_layer::{
+    ResponseBody, RoutedBody, RoutingDecision, SelectionReason, TierRoutingLayer, UpstreamError,
+};
+use sentinel_testkit::metrics::Counters;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tower::{Layer, ServiceExt};
+use tower_test::mock::{self, Handle, SendResponse};
+
+type Inner = Request<RoutedBody<Full<Bytes>>>;
+type Outer = Response<ResponseBody<Full<Bytes>>>;
+
+fn two_models() -> StaticConfig {
+    StaticConfig::new(support::config_from(json!({ "tiers": {
+        "simple": { "models": [
+            { "provider": "openai", "model": "a", "relative_cost": 1 },
+            { "provider": "other", "model": "b", "relative_cost": 1 }
+        ] },
+        "moderate": { "models": [ { "provider": "openai", "model": "solo", "relative_cost": 1 } ] }
+    } })))
+}
+
+struct Harness {
+    handle: Handle<Inner, Response<Full<Bytes>>>,
+    layer: TierRoutingLayer,
+    service: sentinel_layer::TierRouting<mock::Mock<Inner, Response<Full<Bytes>>>>,
+}
+
+impl Harness {
+    fn new(layer: TierRoutingLayer) -> Self {
+        let (mock, handle) = mock::pair::<Inner, Response<Full<Bytes>>>();
+        let service = layer.layer(mock);
+        Harness {
+            handle,
+            layer,
+            service,
+        }
+    }
+
+    fn send(&self, tier: &str) -> JoinHandle<Outer> {
+        let request = Request::post("/v1/chat/completions")
+            .body(Full::new(Bytes::from(
+                json!({ "tier": tier, "messages": [] }).to_string(),
+            )))
+            .unwrap();
+        let service = self.service.clone();
+        tokio::spawn(async move { service.oneshot(request).await.unwrap() })
+    }
+
+    /// The next attempt reaching the inner service.
+    async fn attempt(&mut self) -> (RoutingDecision, Value, SendResponse<Response<Full<Bytes>>>) {
+        let (request, respond) =
+            tokio::time::timeout(Duration::from_secs(5), self.handle.next_request())
+                .await
+                .expect("an attempt should reach the inner service")
+                .unwrap();
+        let decision = request
+            .extensions()
+            .get::<RoutingDecision>()
+            .cloned()
+            .unwrap();
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        (decision, serde_json::from_slice(&body).unwrap(), respond)
+    }
+
+    /// Asserts no attempt is waiting.
+    async fn no_attempt(&mut self) {
+        tokio::task::yield_now().await;
+        let next =
+            tokio::time::timeout(Duration::from_millis(10), self.handle.next_request()).await;
+        assert!(next.is_err(), "unexpected attempt");
+    }
+}
+
+fn status(code: u16) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(code)
+        .body(Full::new(Bytes::from("{}")))
+        .unwrap()
+}
+
+async fn finish(task: JoinHandle<Outer>) -> (StatusCode, http::HeaderMap, Value) {
+    let response = task.await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retryable_failure_is_retried_once_on_the_other_model() {
+    for failing in [429, 500, 502, 503, 504] {
+        let mut h = Harness::new(
+            TierRoutingLayer::builder(two_models())
+                .rng_seed(3)
+                .build()
+                .unwrap(),
+        );
+        let task = h.send("simple");
+        let (first, body, respond) = h.attempt().await;
+        assert_eq!(first.attempt, 1);
+        assert_eq!(body["model"], *first.model);
+        respond.send_response(status(failing));
+
+        let (second, body, respond) = h.attempt().await;
+        assert_ne!(
+            second.model, first.model,
+            "the retry goes to the other model"
+        );
+        assert_eq!((second.attempt, second.reason), (2, SelectionReason::Retry));
+        assert_eq!(body["model"], *second.model, "the body is rewritten again");
+        respond.send_response(status(200));
+
+        let (code, headers, _) = finish(task).await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(
+            headers["x-sentinel-model"], &*second.model,
+            "names the model that answered"
+        );
+        h.no_attempt().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_4xx_pass_through_without_a_retry() {
+    let mut h = Harness::new(TierRoutingLayer::builder(two_models()).build().unwrap());
+    for code in [400, 401, 404, 422] {
+        let task = h.send("simple");
+        let (first, _, respond) = h.attempt().await;
+        respond.send_response(status(code));
+        let (got, headers, _) = finish(task).await;
+        assert_eq!(got.as_u16(), code);
+        assert_eq!(headers["x-sentinel-model"], &*first.model);
+        h.no_attempt().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_errors_and_timeouts_are_retried_and_a_final_timeout_is_504() {
+    let mut h = Harness::new(TierRoutingLayer::builder(two_models()).build().unwrap());
+    let task = h.send("simple");
+    let (_, _, respond) = h.attempt().await;
+    respond.send_error(UpstreamError::connect("refused"));
+    let (_, _, respond) = h.attempt().await;
+    respond.send_error(UpstreamError::timeout("slow"));
+    let (code, _, body) = finish(task).await;
+    assert_eq!(code, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+
+    let task = h.send("simple");
+    let (_, _, respond) = h.attempt().await;
+    respond.send_error(UpstreamError::timeout("slow"));
+    let (_, _, respond) = h.attempt().await;
+    respond.send_response(status(503));
+    let (code, _, body) = finish(task).await;
+    assert_eq!(code, StatusCode::BAD_GATEWAY);
+    assert_eq!(body["error"]["code"], "upstream_failed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tier_with_one_model_gets_no_second_attempt() {
+    let mut h = Harness::new(TierRoutingLayer::builder(two_models()).build().unwrap());
+    let task = h.send("moderate");
+    let (_, _, respond) = h.attempt().await;
+    respond.send_response(status(500));
+    let (code, headers, body) = finish(task).await;
+    assert_eq!(code, StatusCode::BAD_GATEWAY);
+    assert_eq!(body["error"]["code"], "upstream_failed");
+    assert_eq!(headers["x-sentinel-model"], "solo");
+    h.no_attempt().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_started_stream_is_never_retried() {
+    let mut h = Harness::new(TierRoutingLayer::builder(two_models()).build().unwrap());
+    let task = h.send("simple");
+    let (_, _, respond) = h.attempt().await;
+    // The head says 200: whatever the body does later, it is this model's.
+    respond.send_response(
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Full::new(Bytes::from("data: {}\n\n")))
+            .unwrap(),
+    );
+    let (code, _, _) = finish(task).await;
+    assert_eq!(code, StatusCode::OK);
+    h.no_attempt().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_opens_backs_off_doubles_and_resets() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let layer = TierRoutingLayer::builder(two_models())
+        .failure_threshold(3)
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    // Three failures in a row open `solo` (the tier's only model).
+    for _ in 0..3 {
+        let task = h.send("moderate");
+        let (_, _, respond) = h.attempt().await;
+        respond.send_response(status(500));
+        assert_eq!(finish(task).await.0, StatusCode::BAD_GATEWAY);
+    }
+    let task = h.send("moderate");
+    let (code, headers, body) = finish(task).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "all_models_backing_off");
+    assert_eq!(headers["retry-after"], "30");
+    h.no_attempt().await;
+
+    // 30 s later one probe goes through; it fails: 60 s this time.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let task = h.send("moderate");
+    let (_, _, respond) = h.attempt().await;
+    let blocked = h.send("moderate");
+    let (code, _, _) = finish(blocked).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "one probe at a time");
+    respond.send_response(status(503));
+    finish(task).await;
+    let (code, headers, _) = finish(h.send("moderate")).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "60");
+
+    // The next probe succeeds: closed, and the count starts over.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let task = h.send("moderate");
+    let (_, _, respond) = h.attempt().await;
+    respond.send_response(status(200));
+    assert_eq!(finish(task).await.0, StatusCode::OK);
+    for _ in 0..2 {
+        let task = h.send("moderate");
+        let (_, _, respond) = h.attempt().await;
+        respond.send_response(status(500));
+        finish(task).await;
+    }
+    let task = h.send("moderate");
+    let (_, _, respond) = h.attempt().await;
+    respond.send_response(status(200));
+    assert_eq!(
+        finish(task).await.0,
+        StatusCode::OK,
+        "two failures do not open it"
+    );
+
+    let counters = Counters::take(&snapshotter);
+    let transitions = "sentinel_breaker_transitions_total";
+    let name = ("name", "openai/solo");
+    assert_eq!(
+        counters.get(transitions, &[("scope", "model"), name, ("to", "open")]),
+        1
+    );
+    assert_eq!(
+        counters.get(transitions, &[("scope", "model"), name, ("to", "closed")]),
+        1
+    );
+    assert_eq!(
+        counters.get(
+            "sentinel_errors_total",
+            &[("code", "all_models_backing_off")]
+        ),
+        3
+    );
+    drop(h.layer);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_model_is_left_out_and_its_tier_goes_on_with_the_others() {
+    let layer = TierRoutingLayer::builder(two_models())
+        .failure_threshold(1)
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    // Fail `a` once (threshold 1), wherever the first pick lands.
+    let task = h.send("simple");
+    let (first, _, respond) = h.attempt().await;
+    respond.send_response(status(500));
+    let (second, _, respond) = h.attempt().await;
+    respond.send_response(status(200));
+    finish(task).await;
+    assert_ne!(first.model, second.model);
+    for _ in 0..20 {
+        let task = h.send("simple");
+        let (d, _, respond) = h.attempt().await;
+        assert_eq!(
+            d.model, second.model,
+            "the open model is excluded at selection"
+        );
+        respond.send_response(status(200));
+        finish(task).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_from_the_upstream_is_a_floor_for_the_wait() {
+    let layer = TierRoutingLayer::builder(two_models())
+        .failure_threshold(1)
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let task = h.send("moderate");
+    let (_, _, respond) = h.attempt().await;
+    respond.send_response(
+        Response::builder()
+            .status(429)
+            .header("retry-after", "120")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    );
+    finish(task).await;
+    let (code, headers, _) = finish(h.send("moderate")).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "120");
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_failures_open_the_provider_for_all_its_models() {
+    let config = StaticConfig::new(support::config_from(json!({ "tiers": {
+        "simple": { "models": [
+            { "provider": "down", "model": "x", "relative_cost": 1 },
+            { "provider": "down", "model": "y", "relative_cost": 1 },
+            { "provider": "up", "model": "z", "relative_cost": 10 }
+        ] } } })));
+    let layer = TierRoutingLayer::builder(config)
+        .failure_threshold(1)
+        .rng_seed(5)
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    // Keep going until a `down` model is picked and fails to connect.
+    loop {
+        let task = h.send("simple");
+        let (d, _, respond) = h.attempt().await;
+        if &*d.provider == "down" {
+            respond.send_error(UpstreamError::connect("refused"));
+            let (d2, _, respond) = h.attempt().await;
+            assert_eq!(
+                &*d2.provider, "up",
+                "the provider is open: its other model is out too"
+            );
+            respond.send_response(status(200));
+            finish(task).await;
+            break;
+        }
+        respond.send_response(status(200));
+        finish(task).await;
+    }
+    for _ in 0..10 {
+        let task = h.send("simple");
+        let (d, _, respond) = h.attempt().await;
+        assert_eq!(&*d.provider, "up");
+        respond.send_response(status(200));
+        finish(task).await;
+    }
+}

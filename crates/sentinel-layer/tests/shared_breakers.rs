@@ -1,0 +1,130 @@
+//! Breaker open state shared by two layers (two replicas) over one real Redis.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use fred::interfaces::ClientLike;
+use http::StatusCode;
+use sentinel_layer::{RoutingDecision, TierRoutingLayer};
+use sentinel_testkit::RedisServer;
+use serde_json::json;
+use support::{chat_with, send, source};
+
+async fn pool(redis: &RedisServer) -> fred::clients::Pool {
+    let mut config = fred::types::config::Config::from_url(&redis.url()).unwrap();
+    config.fail_fast = false;
+    let pool = fred::types::Builder::from_config(config)
+        .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(500))
+        .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
+            0, 50, 2000, 2,
+        ))
+        .build_pool(2)
+        .unwrap();
+    drop(pool.connect());
+    pool.wait_for_connect().await.unwrap();
+    pool
+}
+
+/// Fails the model named in `x-fail`.
+async fn handler(request: Request) -> Response {
+    let d = request
+        .extensions()
+        .get::<RoutingDecision>()
+        .cloned()
+        .unwrap();
+    let fail = request
+        .headers()
+        .get("x-fail")
+        .and_then(|v| v.to_str().ok());
+    if fail == Some(&*d.model) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    axum::Json(json!({ "model": d.model.to_string() })).into_response()
+}
+
+async fn replica(redis: &RedisServer) -> Router {
+    let layer = TierRoutingLayer::builder(source())
+        .failure_threshold(1)
+        .shared_breakers(pool(redis).await, "sentinel:")
+        .build()
+        .unwrap();
+    Router::new()
+        .route("/v1/chat/completions", post(handler))
+        .layer(layer)
+}
+
+fn simple(fail: &str) -> http::Request<axum::body::Body> {
+    chat_with(
+        json!({ "tier": "simple", "messages": [] }),
+        &[("x-fail", fail)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_stops_sending_to_a_model_within_a_second_of_its_opening() {
+    let redis = RedisServer::start().unwrap();
+    let a = replica(&redis).await;
+    let b = replica(&redis).await;
+    // B has seen the config (it syncs the models of its config).
+    assert_eq!(send(&b, simple("none")).await.status, StatusCode::OK);
+
+    // Open `cheap` on A (it is picked 75% of the time; retries go to `pricey`).
+    let mut opened = false;
+    for _ in 0..40 {
+        let r = send(&a, simple("cheap")).await;
+        assert_eq!(r.header("x-sentinel-model"), Some("pricey"));
+        // Let the background write run.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if redis
+            .query(&["EXISTS", "sentinel:breaker:openai/cheap"])
+            .unwrap()
+            .as_integer()
+            == Some(1)
+        {
+            opened = true;
+            break;
+        }
+    }
+    assert!(opened, "the opening was not published");
+    let pttl = redis
+        .query(&["PTTL", "sentinel:breaker:openai/cheap"])
+        .unwrap()
+        .as_integer()
+        .unwrap();
+    assert!((25_000..=30_000).contains(&pttl), "PX is the wait: {pttl}");
+
+    let opened_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // B has not seen a single failure of `cheap`, yet leaves it out.
+    for _ in 0..30 {
+        let r = send(&b, simple("none")).await;
+        assert_eq!(
+            r.header("x-sentinel-model"),
+            Some("pricey"),
+            "B still sends to the open model"
+        );
+    }
+    assert!(opened_at.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn with_redis_down_each_replica_keeps_its_own_state() {
+    let mut redis = RedisServer::start().unwrap();
+    let a = replica(&redis).await;
+    redis.stop();
+    // Requests still work and A's own breaker still opens.
+    let mut saw_retry = false;
+    for _ in 0..40 {
+        let r = send(&a, simple("cheap")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        saw_retry |= r.header("x-sentinel-model") == Some("pricey");
+    }
+    assert!(saw_retry);
+}
