@@ -200,8 +200,8 @@ impl ModelEntry {
 }
 
 /// An immutable, validated tier config: for each tier, its models and
-/// precomputed selection weights.
-#[derive(Debug, Clone, PartialEq)]
+/// precomputed selection weights. The default has no models at all.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TierConfig {
     version: Option<Arc<str>>,
     tiers: [TierModels; 3],

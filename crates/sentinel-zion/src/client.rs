@@ -104,6 +104,27 @@ impl fmt::Debug for ZionSettings {
     }
 }
 
+/// A pooled HTTP client: rustls with the webpki roots and the `ring`
+/// crypto provider passed explicitly (the only provider in the build, so
+/// nothing depends on a process-wide default), HTTP/1.1 and HTTP/2 by ALPN.
+pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .map_err(|e| format!("HTTP client set-up failed: {e}"))
+}
+
 /// A client for Zion's tier-config endpoint.
 #[derive(Clone)]
 pub struct ZionClient {
@@ -124,12 +145,10 @@ impl fmt::Debug for ZionClient {
 }
 
 impl ZionClient {
-    /// A client with its own connection pool.
+    /// A client with its own connection pool (see [`http_client`]).
     pub fn new(settings: ZionSettings) -> Result<Self, ZionError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .build()
-            .map_err(|e| ZionError::new(ZionErrorKind::Client, e.to_string()))?;
+        let http = http_client(settings.connect_timeout)
+            .map_err(|e| ZionError::new(ZionErrorKind::Client, e))?;
         Self::with_http_client(http, settings)
     }
 

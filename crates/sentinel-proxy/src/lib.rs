@@ -1,0 +1,280 @@
+//! `sentinel-proxy`: Sentinel as a standalone OpenAI-compatible proxy.
+//!
+//! An axum server with [`TierRoutingLayer`]
+//! around an upstream client that forwards to the chosen provider. The tier
+//! config comes from Zion through `TierConfigCache` when `ZION_URL` is set
+//! (shared through Redis when `REDIS_URL` is set), else from the built-in
+//! mappings or a `[tiers]` table. See [`settings::REFERENCE`] for every
+//! setting.
+//!
+//! The binary is a thin `main` over [`start`]; tests start the proxy
+//! in-process the same way.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use sentinel_proxy::settings::{Cli, Settings};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let settings = Settings::load(&Cli::default(), &|name| std::env::var(name).ok())?;
+//! let proxy = sentinel_proxy::start(settings).await?;
+//! println!("listening on {}", proxy.addr());
+//! proxy.shutdown();
+//! proxy.wait().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod demo;
+pub mod metrics;
+mod server;
+pub mod settings;
+pub mod source;
+pub mod upstream;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use sentinel_core::{StaticConfig, TierConfigSource};
+use sentinel_layer::health::{HealthChecks, HealthClient, HealthFuture, HealthTarget};
+use sentinel_layer::{MemorySessionStore, RedisSessionStore, TierRoutingLayer};
+use sentinel_zion::{RedisSettings, RedisStore, TierConfigCache, ZionClient, ZionSettings};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::Layer;
+
+pub use server::REQUEST_ID;
+use settings::Settings;
+use source::KnownProviders;
+use upstream::{Timeouts, Upstream};
+
+/// The proxy could not start; the message names the cause and no secret.
+#[derive(Debug)]
+pub struct StartError(String);
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn fail(context: &str, e: impl fmt::Display) -> StartError {
+    StartError(format!("{context}: {e}"))
+}
+
+/// Health probes through the proxy's HTTP client.
+struct ReqwestProbe(reqwest::Client);
+
+impl HealthClient for ReqwestProbe {
+    fn get(&self, request: Request<()>) -> HealthFuture {
+        let client = self.0.clone();
+        Box::pin(async move {
+            let (parts, ()) = request.into_parts();
+            let url = reqwest::Url::parse(&parts.uri.to_string())?;
+            let mut probe = reqwest::Request::new(reqwest::Method::GET, url);
+            *probe.headers_mut() = parts.headers;
+            let response = client.execute(probe).await?;
+            Ok(response.status())
+        })
+    }
+}
+
+/// A running proxy.
+pub struct Running {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections and lets in-flight requests and streams
+    /// finish, up to the drain timeout.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) -> std::io::Result<()> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+/// Builds the proxy from `settings`, binds its address and serves in the
+/// background. With `--demo` (`settings.demo`), first starts the mock
+/// upstream and points the `openai` provider at it.
+pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
+    if settings.demo {
+        let url = demo::start_mock_upstream()
+            .await
+            .map_err(|e| fail("starting the demo upstream", e))?;
+        settings.zion_url = None;
+        settings.redis_url = None;
+        if let Some(openai) = settings.providers.get_mut("openai") {
+            openai.base_url = url;
+            openai.api_key = Some(settings::Secret::from("demo-key"));
+        }
+    }
+    let prometheus = metrics::prometheus();
+    let client =
+        upstream::http_client(settings.connect_timeout).map_err(|e| fail("upstream client", e))?;
+
+    let pool = match &settings.redis_url {
+        Some(url) => Some(
+            sentinel_zion::redis::connect(&RedisSettings::new(url.expose()))
+                .map_err(|e| fail("REDIS_URL", e))?,
+        ),
+        None => None,
+    };
+
+    let known: Vec<String> = settings.providers.keys().cloned().collect();
+    let source: Arc<dyn TierConfigSource> = match &settings.zion_url {
+        Some(url) => {
+            let mut zion_settings = ZionSettings::new(url.clone());
+            if let Some(key) = &settings.zion_api_key {
+                zion_settings = zion_settings.api_key(key.expose());
+            }
+            let zion_http = upstream::http_client(ZionSettings::DEFAULT_CONNECT_TIMEOUT)
+                .map_err(|e| fail("Zion client", e))?;
+            let zion = ZionClient::with_http_client(zion_http, zion_settings)
+                .map_err(|e| fail("ZION_URL", e))?;
+            let mut cache = TierConfigCache::builder(zion).ttl(settings.tier_config_ttl);
+            if let Some(pool) = &pool {
+                cache = cache.store(RedisStore::new(pool.clone(), &settings.redis_prefix));
+            }
+            let cache = cache
+                .build()
+                .map_err(|e| fail("TIER_CONFIG_TTL_SECONDS", e))?;
+            Arc::new(KnownProviders::new(cache, known))
+        }
+        None => {
+            let config = settings.tiers.clone().unwrap_or_else(source::builtin);
+            Arc::new(KnownProviders::new(StaticConfig::new(config), known))
+        }
+    };
+
+    let mut layer = TierRoutingLayer::builder(source.clone())
+        .failure_threshold(settings.failure_threshold)
+        .backoff(settings.backoff_initial, settings.backoff_max)
+        .body_limit(settings.body_limit);
+    layer = match &pool {
+        Some(pool) => layer
+            .session_store(RedisSessionStore::new(
+                pool.clone(),
+                &settings.redis_prefix,
+                settings.session_ttl,
+            ))
+            .shared_breakers(pool.clone(), settings.redis_prefix.clone()),
+        None => layer.session_store(
+            MemorySessionStore::new()
+                .with_limits(settings.session_max_entries, settings.session_ttl),
+        ),
+    };
+    if settings.health.enabled {
+        let mut targets = Vec::new();
+        for p in settings.providers.values() {
+            let key = p.api_key.as_ref().map(settings::Secret::expose);
+            targets.push(
+                HealthTarget::new(p.name.clone(), &p.base_url, key)
+                    .map_err(|e| fail("providers", e))?,
+            );
+        }
+        let checks = HealthChecks::new(targets, ReqwestProbe(client.clone()))
+            .interval(settings.health.interval)
+            .timeout(settings.health.timeout)
+            .path(settings.health.path.clone());
+        layer = layer.health_checks(checks);
+    }
+    let layer = layer.build().map_err(|e| fail("settings", e))?;
+
+    let timeouts = Timeouts {
+        first_byte: settings.first_byte_timeout,
+        stream_idle: settings.stream_idle_timeout,
+    };
+    let upstream = Upstream::new(
+        client,
+        settings.providers.values().cloned(),
+        timeouts,
+        source.clone(),
+    )
+    .map_err(|e| fail("providers", e))?;
+    let state = server::AppState {
+        source: source.clone(),
+        prometheus,
+        inbound_keys: Arc::new(settings.inbound_keys.clone()),
+    };
+    let app = server::router(state, layer.layer(upstream));
+
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| {
+            fail(
+                &format!("SENTINEL_LISTEN: cannot listen on {}", settings.listen),
+                e,
+            )
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| fail("SENTINEL_LISTEN", e))?;
+    layer.start_background_tasks();
+    warm_up(source);
+
+    let (stop, mut stopped) = watch::channel(false);
+    let drain = settings.drain_timeout;
+    let task = tokio::spawn(async move {
+        let mut signal = stopped.clone();
+        let shutdown = async move {
+            let _ = signal.wait_for(|s| *s).await;
+        };
+        let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+        let drained = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(drain).await;
+        };
+        tokio::select! {
+            result = serve => result,
+            () = drained => {
+                tracing::warn!(drain_secs = drain.as_secs(), "drain timeout passed; closing the remaining connections");
+                Ok(())
+            }
+        }
+    });
+    Ok(Running { addr, stop, task })
+}
+
+/// Loads the tier config in the background until it is at hand, so that
+/// `/readyz` turns ready without waiting for a request.
+fn warm_up(source: Arc<dyn TierConfigSource>) {
+    tokio::spawn(async move {
+        loop {
+            match source.load().await {
+                Ok(_) => return,
+                Err(e) => {
+                    let wait = e.retry_after().max(Duration::from_millis(250));
+                    tracing::warn!(error = %e, "no tier config yet; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,97 @@
+//! The proxy's metrics: its own names, and the Prometheus recorder.
+//!
+//! | name | type | labels | meaning |
+//! | --- | --- | --- | --- |
+//! | `sentinel_tokens_total` | counter | `tier`, `model`, `provider`, `kind` (`input`, `output`) | tokens reported in `usage` by successful responses |
+//! | `sentinel_cost_micro_usd_total` | counter | `tier`, `model`, `provider` | cost of those tokens from the tier config's prices, in millionths of a US dollar |
+//! | `sentinel_usage_missing_total` | counter | `tier`, `model`, `provider` | successful responses without a readable `usage` (streams without `stream_options.include_usage`) |
+//! | `sentinel_stream_errors_total` | counter | `reason` (`broken`, `idle_timeout`) | upstream bodies that broke or stalled mid-way |
+//! | `sentinel_unknown_provider_models_total` | counter | `provider` | models left out of routing because the proxy does not know their provider |
+//! | `sentinel_http_requests_total` | counter | `status` (`2xx`, `4xx`, `5xx`, ...) | every HTTP request the proxy answered |
+//!
+//! The layer's and the cache's metrics are documented in
+//! `sentinel_layer::metrics` and `sentinel_zion::metrics`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Tokens by kind.
+pub const TOKENS: &str = "sentinel_tokens_total";
+/// Cost in micro-USD.
+pub const COST_MICRO_USD: &str = "sentinel_cost_micro_usd_total";
+/// Responses without usage.
+pub const USAGE_MISSING: &str = "sentinel_usage_missing_total";
+/// Broken or stalled upstream bodies.
+pub const STREAM_ERRORS: &str = "sentinel_stream_errors_total";
+/// Models left out for an unknown provider.
+pub const UNKNOWN_PROVIDER_MODELS: &str = "sentinel_unknown_provider_models_total";
+/// Every HTTP request answered.
+pub const HTTP_REQUESTS: &str = "sentinel_http_requests_total";
+
+/// Buckets of the latency histograms, in seconds.
+const BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's Prometheus recorder: installed on first call (the recorder
+/// is global), with an upkeep task for histograms when inside a runtime.
+pub fn prometheus() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            let builder = match builder.set_buckets(BUCKETS) {
+                Ok(b) => b,
+                Err(_) => PrometheusBuilder::new(),
+            };
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_ok() {
+                sentinel_layer::metrics::describe();
+                sentinel_zion::metrics::describe();
+                describe();
+            }
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let upkeep = handle.clone();
+                runtime.spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        upkeep.run_upkeep();
+                    }
+                });
+            }
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::describe_counter;
+    describe_counter!(
+        TOKENS,
+        "Tokens reported in usage, by tier, model, provider and kind."
+    );
+    describe_counter!(
+        COST_MICRO_USD,
+        "Cost of the reported tokens in millionths of a US dollar."
+    );
+    describe_counter!(
+        USAGE_MISSING,
+        "Successful responses without a readable usage object."
+    );
+    describe_counter!(
+        STREAM_ERRORS,
+        "Upstream bodies that broke or stalled mid-way."
+    );
+    describe_counter!(
+        UNKNOWN_PROVIDER_MODELS,
+        "Models left out of routing for an unknown provider."
+    );
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered by the proxy, by status class."
+    );
+}

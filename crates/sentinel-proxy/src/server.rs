@@ -1,0 +1,254 @@
+//! The HTTP server: routes, inbound auth, request ids and the access log.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderValue, StatusCode, header};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sentinel_core::{Tier, TierConfigSource};
+use sentinel_layer::{ErrorCode, RoutingDecision, SentinelError, TierRouting, UpstreamError};
+use subtle::ConstantTimeEq;
+use tower::ServiceExt;
+
+use crate::metrics as m;
+use crate::settings::Secret;
+use crate::upstream::Upstream;
+
+/// The request-id header.
+pub const REQUEST_ID: &str = "x-request-id";
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) source: Arc<dyn TierConfigSource>,
+    pub(crate) prometheus: PrometheusHandle,
+    pub(crate) inbound_keys: Arc<Vec<Secret>>,
+}
+
+/// The proxy's router around the routed service.
+pub(crate) fn router(state: AppState, routed: TierRouting<Upstream>) -> Router {
+    let routed = Answered(routed);
+    Router::new()
+        .route_service("/v1/chat/completions", routed.clone())
+        .route_service("/v1/responses", routed)
+        .route("/v1/models", get(models))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn(access_log))
+        .with_state(state)
+}
+
+/// The routed service with its errors answered as responses. Routed
+/// requests never fail as service errors (the layer answers in its
+/// envelope); an error can only come from a request it passed through.
+#[derive(Clone)]
+struct Answered(TierRouting<Upstream>);
+
+impl tower::Service<Request> for Answered {
+    type Response = Response;
+    type Error = Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let routed = self.0.clone();
+        Box::pin(async move {
+            Ok(match routed.oneshot(request).await {
+                Ok(response) => response.into_response(),
+                Err(e) => upstream_failed(&e),
+            })
+        })
+    }
+}
+
+fn upstream_failed(e: &UpstreamError) -> Response {
+    SentinelError::new(ErrorCode::UpstreamFailed, e.to_string())
+        .into_response()
+        .into_response()
+}
+
+async fn models() -> Response {
+    let data: Vec<_> = Tier::ALL
+        .iter()
+        .map(|t| serde_json::json!({ "id": t.as_str(), "object": "model", "created": 0, "owned_by": "sentinel" }))
+        .collect();
+    axum::Json(serde_json::json!({ "object": "list", "data": data })).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.prometheus.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.source.cached() {
+        Some(config) => axum::Json(serde_json::json!({
+            "status": "ready",
+            "tier_config_version": config.version(),
+        }))
+        .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(
+                serde_json::json!({ "status": "not_ready", "reason": "no tier config loaded yet" }),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+async fn not_found(request: Request) -> Response {
+    let path = request.uri().path().chars().take(128).collect::<String>();
+    SentinelError::new(
+        ErrorCode::NotFound,
+        format!("Sentinel does not serve `{path}`"),
+    )
+    .into_response()
+    .into_response()
+}
+
+/// Guards `/v1/` with the inbound keys, compared in constant time.
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let guarded = path == "/v1" || path.starts_with("/v1/");
+    if !guarded || state.inbound_keys.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    // Compare against every key, without stopping at a match.
+    let mut ok = subtle::Choice::from(0u8);
+    for key in state.inbound_keys.iter() {
+        ok |= presented.as_bytes().ct_eq(key.expose().as_bytes());
+    }
+    if !presented.is_empty() && bool::from(ok) {
+        return next.run(request).await;
+    }
+    let mut response = SentinelError::new(
+        ErrorCode::InvalidApiKey,
+        "a valid API key is required: send `Authorization: Bearer <key>`",
+    )
+    .into_response()
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// A client's request id when it is sane: 1 to 128 of `A-Z a-z 0-9 . _ : -`.
+fn sane_request_id(value: &HeaderValue) -> Option<&str> {
+    let s = value.to_str().ok()?;
+    let ok = (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    ok.then_some(s)
+}
+
+fn new_request_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// Sets `X-Request-Id` on every response and logs each request once.
+async fn access_log(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(sane_request_id)
+        .map(str::to_owned)
+        .unwrap_or_else(new_request_id);
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        request.headers_mut().insert(REQUEST_ID, value);
+    }
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    let status = response.status();
+    let decision = response.extensions().get::<RoutingDecision>();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned()
+    };
+    tracing::info!(
+        request_id = %id,
+        method = %method,
+        path = %path,
+        status = status.as_u16(),
+        tier = %header("x-sentinel-tier"),
+        model = %header("x-sentinel-model"),
+        attempts = decision.map_or(0, |d| d.attempt),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    ::metrics::counter!(m::HTTP_REQUESTS, "status" => sentinel_status_class(status)).increment(1);
+    response
+}
+
+fn sentinel_status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_only_when_sane() {
+        assert_eq!(
+            sane_request_id(&HeaderValue::from_static("abc-123:x.y_z")),
+            Some("abc-123:x.y_z")
+        );
+        assert_eq!(
+            sane_request_id(&HeaderValue::from_static("has space")),
+            None
+        );
+        assert_eq!(sane_request_id(&HeaderValue::from_static("")), None);
+        let long = "a".repeat(129);
+        assert_eq!(
+            sane_request_id(&HeaderValue::from_str(&long).unwrap()),
+            None
+        );
+        assert_eq!(new_request_id().len(), 32);
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}

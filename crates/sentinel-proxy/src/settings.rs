@@ -1,0 +1,784 @@
+//! Settings: command line, TOML file and environment.
+//!
+//! Precedence: the environment wins over the file, the file over the
+//! defaults. Secrets (`ZION_API_KEY`, `OPENAI_API_KEY`, provider keys,
+//! `SENTINEL_API_KEYS`, and `REDIS_URL`, which may carry a password) come
+//! only from the environment. Every value is validated at start-up; an
+//! error names the setting (the environment variable, or the file key).
+//! The full reference is [`REFERENCE`], also printed by `--help`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use sentinel_core::{RawTierConfig, RawTiers, TierConfig};
+use serde::Deserialize;
+
+/// Every setting, its environment variable, file key and default.
+pub const REFERENCE: &str = "\
+SETTINGS (environment variable / file key: meaning [default])
+  SENTINEL_LISTEN / listen                      listen address [127.0.0.1:8080]
+  ZION_URL / zion_url                           Zion base URL; unset: built-in tiers or [tiers] [unset]
+  ZION_API_KEY (env only)                       bearer token for Zion [unset]
+  REDIS_URL (env only)                          Redis for the config cache, sessions and breakers;
+                                                unset: in memory [unset]
+  SENTINEL_REDIS_PREFIX / redis_prefix          prefix of every Redis key [sentinel:]
+  TIER_CONFIG_TTL_SECONDS / tier_config_ttl_seconds
+                                                tier-config cache TTL, 1..=31536000 [1800]
+  OPENAI_BASE_URL / providers.openai.base_url   the openai provider's base URL [https://api.openai.com/v1]
+  OPENAI_API_KEY (env only)                     the openai provider's key [unset]
+  SENTINEL_API_KEYS (env only)                  comma-separated inbound keys guarding /v1/; unset: none [unset]
+  SENTINEL_CONNECT_TIMEOUT_MS / upstream.connect_timeout_ms
+                                                upstream connect timeout [5000]
+  SENTINEL_FIRST_BYTE_TIMEOUT_MS / upstream.first_byte_timeout_ms
+                                                upstream time to the response head [60000]
+  SENTINEL_STREAM_IDLE_TIMEOUT_MS / upstream.stream_idle_timeout_ms
+                                                longest pause inside a response body [60000]
+  SENTINEL_BODY_LIMIT_BYTES / body_limit_bytes  largest request body [33554432]
+  SENTINEL_DRAIN_TIMEOUT_SECS / drain_timeout_secs
+                                                graceful-shutdown drain [30]
+  SENTINEL_FAILURE_THRESHOLD / breaker.failure_threshold
+                                                consecutive failures that open a breaker [3]
+  SENTINEL_BACKOFF_INITIAL_SECS / breaker.backoff_initial_secs
+                                                first backoff wait [30]
+  SENTINEL_BACKOFF_MAX_SECS / breaker.backoff_max_secs
+                                                longest backoff wait [300]
+  SENTINEL_SESSION_TTL_SECS / sessions.ttl_secs sliding session TTL [86400]
+  SENTINEL_SESSION_MAX_ENTRIES / sessions.max_entries
+                                                sessions kept in memory (without Redis) [100000]
+  SENTINEL_HEALTH_CHECKS / health.enabled       active provider health checks, true/false [true]
+  SENTINEL_HEALTH_INTERVAL_SECS / health.interval_secs
+                                                time between probes [15]
+  SENTINEL_HEALTH_TIMEOUT_SECS / health.timeout_secs
+                                                probe timeout [2]
+  SENTINEL_HEALTH_PATH / health.path            probe path under each base URL [/models]
+  SENTINEL_LOG / log                            log level: error, warn, info, debug, trace [info]
+
+FILE ONLY
+  [providers.NAME] base_url = \"...\", api_key_env = \"VAR\"
+                   an OpenAI-compatible provider Zion may name; its key is read from VAR
+  [tiers.simple|moderate|complex] models = [{ provider, model, relative_cost, pricing }]
+                   the tier mappings used when ZION_URL is unset (else the built-in ones)
+";
+
+/// The command line.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "sentinel-proxy",
+    version,
+    about = "Sentinel: an OpenAI-compatible LLM gateway that routes by complexity tier.",
+    after_long_help = REFERENCE,
+    after_help = "Run with --help for every setting and its environment variable."
+)]
+pub struct Cli {
+    /// A TOML settings file (the environment wins over it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Run with an in-process mock OpenAI upstream, the built-in tiers and
+    /// memory caches: nothing else needed.
+    #[arg(long)]
+    pub demo: bool,
+    /// Allow listening beyond loopback without inbound keys.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+}
+
+/// A secret: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+}
+
+/// An OpenAI-compatible provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    /// The name Zion and the tier config use.
+    pub name: String,
+    /// Its base URL, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Its key.
+    pub api_key: Option<Secret>,
+}
+
+/// Health-check settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Whether providers are probed.
+    pub enabled: bool,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Probe timeout.
+    pub timeout: Duration,
+    /// Probe path under the base URL.
+    pub path: String,
+}
+
+/// The resolved, validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Zion base URL.
+    pub zion_url: Option<String>,
+    /// Zion key.
+    pub zion_api_key: Option<Secret>,
+    /// Redis URL (may carry a password).
+    pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key.
+    pub redis_prefix: String,
+    /// Tier-config TTL.
+    pub tier_config_ttl: Duration,
+    /// Providers by name (`openai` always).
+    pub providers: BTreeMap<String, Provider>,
+    /// Tier mappings from the file (used without Zion).
+    pub tiers: Option<TierConfig>,
+    /// Inbound keys; empty: no inbound auth.
+    pub inbound_keys: Vec<Secret>,
+    /// `--allow-unauthenticated`.
+    pub allow_unauthenticated: bool,
+    /// `--demo`.
+    pub demo: bool,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream time to the response head.
+    pub first_byte_timeout: Duration,
+    /// Longest pause inside a response body.
+    pub stream_idle_timeout: Duration,
+    /// Largest request body.
+    pub body_limit: usize,
+    /// Graceful-shutdown drain.
+    pub drain_timeout: Duration,
+    /// Breaker threshold.
+    pub failure_threshold: u32,
+    /// First backoff wait.
+    pub backoff_initial: Duration,
+    /// Longest backoff wait.
+    pub backoff_max: Duration,
+    /// Sliding session TTL.
+    pub session_ttl: Duration,
+    /// Sessions kept in memory.
+    pub session_max_entries: usize,
+    /// Health checks.
+    pub health: Health,
+    /// Log level.
+    pub log: String,
+}
+
+/// A setting that cannot be used; the message names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsError(String);
+
+impl SettingsError {
+    fn new(setting: &str, problem: impl fmt::Display) -> Self {
+        SettingsError(format!("{setting}: {problem}"))
+    }
+}
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<String>,
+    zion_url: Option<String>,
+    redis_prefix: Option<String>,
+    tier_config_ttl_seconds: Option<u64>,
+    body_limit_bytes: Option<u64>,
+    drain_timeout_secs: Option<u64>,
+    log: Option<String>,
+    #[serde(default)]
+    upstream: FileUpstream,
+    #[serde(default)]
+    breaker: FileBreaker,
+    #[serde(default)]
+    sessions: FileSessions,
+    #[serde(default)]
+    health: FileHealth,
+    #[serde(default)]
+    providers: BTreeMap<String, FileProvider>,
+    tiers: Option<RawTiers>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    connect_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
+    stream_idle_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBreaker {
+    failure_threshold: Option<u64>,
+    backoff_initial_secs: Option<u64>,
+    backoff_max_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSessions {
+    ttl_secs: Option<u64>,
+    max_entries: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHealth {
+    enabled: Option<bool>,
+    interval_secs: Option<u64>,
+    timeout_secs: Option<u64>,
+    path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProvider {
+    base_url: Option<String>,
+    api_key_env: Option<String>,
+}
+
+/// The default OpenAI base URL.
+pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Reads `name` from the environment source; empty counts as unset.
+fn var(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    env(name).filter(|v| !v.trim().is_empty())
+}
+
+fn number(
+    env: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+    key: &str,
+    file: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, SettingsError> {
+    let (value, setting) = match var(env, name) {
+        Some(v) => (
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| SettingsError::new(name, format!("`{v}` is not a whole number")))?,
+            name,
+        ),
+        None => match file {
+            Some(v) => (v, key),
+            None => return Ok(default),
+        },
+    };
+    if !range.contains(&value) {
+        return Err(SettingsError::new(
+            setting,
+            format!("{value} is outside {}..={}", range.start(), range.end()),
+        ));
+    }
+    Ok(value)
+}
+
+fn url(setting: &str, value: &str) -> Result<String, SettingsError> {
+    let trimmed = value.trim().trim_end_matches('/');
+    let ok = (trimmed.starts_with("http://") || trimmed.starts_with("https://"))
+        && trimmed
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.host().is_some());
+    if !ok {
+        return Err(SettingsError::new(
+            setting,
+            "must be an http:// or https:// URL",
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+impl Settings {
+    /// Loads the settings from the command line, the file it names and the
+    /// environment (`env` looks up one variable: `std::env::var(..).ok()` in
+    /// the binary, a map in tests).
+    pub fn load(
+        cli: &Cli,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, SettingsError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => File::default(),
+        };
+
+        let listen_raw = var(env, "SENTINEL_LISTEN")
+            .map(|v| (v, "SENTINEL_LISTEN"))
+            .or(file.listen.clone().map(|v| (v, "listen")));
+        let listen = match listen_raw {
+            Some((v, setting)) => v.trim().parse::<SocketAddr>().map_err(|_| {
+                SettingsError::new(
+                    setting,
+                    format!("`{v}` is not a socket address like 127.0.0.1:8080"),
+                )
+            })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+
+        let zion_url = match var(env, "ZION_URL") {
+            Some(v) => Some(url("ZION_URL", &v)?),
+            None => file
+                .zion_url
+                .as_deref()
+                .map(|v| url("zion_url", v))
+                .transpose()?,
+        };
+        let zion_api_key = var(env, "ZION_API_KEY").map(|v| Secret(v.trim().to_owned()));
+        let redis_url = var(env, "REDIS_URL").map(|v| Secret(v.trim().to_owned()));
+        if let Some(r) = &redis_url
+            && !(r.0.starts_with("redis://") || r.0.starts_with("rediss://"))
+        {
+            return Err(SettingsError::new(
+                "REDIS_URL",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        let redis_prefix = var(env, "SENTINEL_REDIS_PREFIX")
+            .or(file.redis_prefix.clone())
+            .unwrap_or_else(|| "sentinel:".into());
+
+        let ttl = match var(env, sentinel_zion::TTL_ENV) {
+            Some(v) => sentinel_zion::parse_ttl_seconds(&v).map_err(|_| {
+                SettingsError::new(
+                    sentinel_zion::TTL_ENV,
+                    "must be a whole number of seconds from 1 to 31536000",
+                )
+            })?,
+            None => match file.tier_config_ttl_seconds {
+                Some(v) => sentinel_zion::parse_ttl_seconds(&v.to_string()).map_err(|_| {
+                    SettingsError::new("tier_config_ttl_seconds", "must be from 1 to 31536000")
+                })?,
+                None => sentinel_zion::DEFAULT_TTL,
+            },
+        };
+
+        // Providers: openai is built in; the file may declare more.
+        let mut providers = BTreeMap::new();
+        for (name, p) in &file.providers {
+            if name.trim().is_empty() {
+                return Err(SettingsError::new("providers", "a provider name is empty"));
+            }
+            let key_setting = format!("providers.{name}.api_key_env");
+            let base_setting = format!("providers.{name}.base_url");
+            let base_url = match (&p.base_url, name.as_str()) {
+                (Some(b), _) => url(&base_setting, b)?,
+                (None, "openai") => OPENAI_DEFAULT_BASE_URL.to_owned(),
+                (None, _) => return Err(SettingsError::new(&base_setting, "is required")),
+            };
+            let api_key = match &p.api_key_env {
+                Some(var_name) => {
+                    if var_name.trim().is_empty() {
+                        return Err(SettingsError::new(&key_setting, "names no variable"));
+                    }
+                    var(env, var_name).map(|v| Secret(v.trim().to_owned()))
+                }
+                None => None,
+            };
+            providers.insert(
+                name.clone(),
+                Provider {
+                    name: name.clone(),
+                    base_url,
+                    api_key,
+                },
+            );
+        }
+        let openai = providers
+            .entry("openai".into())
+            .or_insert_with(|| Provider {
+                name: "openai".into(),
+                base_url: OPENAI_DEFAULT_BASE_URL.into(),
+                api_key: None,
+            });
+        if let Some(base) = var(env, "OPENAI_BASE_URL") {
+            openai.base_url = url("OPENAI_BASE_URL", &base)?;
+        }
+        if let Some(key) = var(env, "OPENAI_API_KEY") {
+            openai.api_key = Some(Secret(key.trim().to_owned()));
+        }
+
+        let tiers = match file.tiers {
+            Some(raw) => Some(
+                TierConfig::validate(RawTierConfig {
+                    version: Some("file".into()),
+                    tiers: raw,
+                })
+                .map_err(|e| SettingsError::new("tiers", e))?,
+            ),
+            None => None,
+        };
+
+        let inbound_keys: Vec<Secret> = var(env, "SENTINEL_API_KEYS")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(Secret::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        let ms = |n: u64| Duration::from_millis(n);
+        let secs = Duration::from_secs;
+        let connect_timeout = ms(number(
+            env,
+            "SENTINEL_CONNECT_TIMEOUT_MS",
+            "upstream.connect_timeout_ms",
+            file.upstream.connect_timeout_ms,
+            5_000,
+            1..=600_000,
+        )?);
+        let first_byte_timeout = ms(number(
+            env,
+            "SENTINEL_FIRST_BYTE_TIMEOUT_MS",
+            "upstream.first_byte_timeout_ms",
+            file.upstream.first_byte_timeout_ms,
+            60_000,
+            1..=3_600_000,
+        )?);
+        let stream_idle_timeout = ms(number(
+            env,
+            "SENTINEL_STREAM_IDLE_TIMEOUT_MS",
+            "upstream.stream_idle_timeout_ms",
+            file.upstream.stream_idle_timeout_ms,
+            60_000,
+            1..=3_600_000,
+        )?);
+        let body_limit = number(
+            env,
+            "SENTINEL_BODY_LIMIT_BYTES",
+            "body_limit_bytes",
+            file.body_limit_bytes,
+            32 << 20,
+            1..=(1 << 30),
+        )? as usize;
+        let drain_timeout = secs(number(
+            env,
+            "SENTINEL_DRAIN_TIMEOUT_SECS",
+            "drain_timeout_secs",
+            file.drain_timeout_secs,
+            30,
+            0..=3600,
+        )?);
+        let failure_threshold = number(
+            env,
+            "SENTINEL_FAILURE_THRESHOLD",
+            "breaker.failure_threshold",
+            file.breaker.failure_threshold,
+            3,
+            1..=1000,
+        )? as u32;
+        let backoff_initial = secs(number(
+            env,
+            "SENTINEL_BACKOFF_INITIAL_SECS",
+            "breaker.backoff_initial_secs",
+            file.breaker.backoff_initial_secs,
+            30,
+            1..=86_400,
+        )?);
+        let backoff_max = secs(number(
+            env,
+            "SENTINEL_BACKOFF_MAX_SECS",
+            "breaker.backoff_max_secs",
+            file.breaker.backoff_max_secs,
+            300,
+            1..=86_400,
+        )?);
+        if backoff_max < backoff_initial {
+            return Err(SettingsError::new(
+                "SENTINEL_BACKOFF_MAX_SECS",
+                "must be at least SENTINEL_BACKOFF_INITIAL_SECS",
+            ));
+        }
+        let session_ttl = secs(number(
+            env,
+            "SENTINEL_SESSION_TTL_SECS",
+            "sessions.ttl_secs",
+            file.sessions.ttl_secs,
+            86_400,
+            1..=31_536_000,
+        )?);
+        let session_max_entries = number(
+            env,
+            "SENTINEL_SESSION_MAX_ENTRIES",
+            "sessions.max_entries",
+            file.sessions.max_entries,
+            100_000,
+            1..=100_000_000,
+        )? as usize;
+
+        let enabled = match var(env, "SENTINEL_HEALTH_CHECKS") {
+            Some(v) => match v.trim() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    return Err(SettingsError::new(
+                        "SENTINEL_HEALTH_CHECKS",
+                        "must be true or false",
+                    ));
+                }
+            },
+            None => file.health.enabled.unwrap_or(true),
+        };
+        let health = Health {
+            enabled,
+            interval: secs(number(
+                env,
+                "SENTINEL_HEALTH_INTERVAL_SECS",
+                "health.interval_secs",
+                file.health.interval_secs,
+                15,
+                1..=86_400,
+            )?),
+            timeout: secs(number(
+                env,
+                "SENTINEL_HEALTH_TIMEOUT_SECS",
+                "health.timeout_secs",
+                file.health.timeout_secs,
+                2,
+                1..=600,
+            )?),
+            path: var(env, "SENTINEL_HEALTH_PATH")
+                .or(file.health.path.clone())
+                .unwrap_or_else(|| "/models".into()),
+        };
+        if !health.path.starts_with('/') {
+            return Err(SettingsError::new(
+                "SENTINEL_HEALTH_PATH",
+                "must start with `/`",
+            ));
+        }
+
+        let log = var(env, "SENTINEL_LOG")
+            .or(file.log.clone())
+            .unwrap_or_else(|| "info".into());
+        if !matches!(log.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
+            return Err(SettingsError::new(
+                "SENTINEL_LOG",
+                "must be error, warn, info, debug or trace",
+            ));
+        }
+
+        let settings = Settings {
+            listen,
+            zion_url,
+            zion_api_key,
+            redis_url,
+            redis_prefix,
+            tier_config_ttl: ttl,
+            providers,
+            tiers,
+            inbound_keys,
+            allow_unauthenticated: cli.allow_unauthenticated,
+            demo: cli.demo,
+            connect_timeout,
+            first_byte_timeout,
+            stream_idle_timeout,
+            body_limit,
+            drain_timeout,
+            failure_threshold,
+            backoff_initial,
+            backoff_max,
+            session_ttl,
+            session_max_entries,
+            health,
+            log,
+        };
+        settings.check_exposure()?;
+        Ok(settings)
+    }
+
+    /// Refuses to listen beyond loopback with no inbound keys, unless
+    /// `--allow-unauthenticated` was given.
+    fn check_exposure(&self) -> Result<(), SettingsError> {
+        if !self.listen.ip().is_loopback()
+            && self.inbound_keys.is_empty()
+            && !self.allow_unauthenticated
+        {
+            return Err(SettingsError::new(
+                "SENTINEL_LISTEN",
+                format!(
+                    "{} is beyond loopback and SENTINEL_API_KEYS is unset: set inbound keys or pass --allow-unauthenticated",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<File, SettingsError> {
+    let setting = format!("--config {}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| SettingsError::new(&setting, e))?;
+    toml::from_str(&text).map_err(|e| SettingsError::new(&setting, e.message()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)], cli: Cli) -> Result<Settings, SettingsError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load(&cli, &move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let s = load(&[], Cli::default()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.tier_config_ttl, Duration::from_secs(1800));
+        assert_eq!(s.providers["openai"].base_url, OPENAI_DEFAULT_BASE_URL);
+        assert!(s.zion_url.is_none() && s.redis_url.is_none() && s.inbound_keys.is_empty());
+        assert_eq!(s.failure_threshold, 3);
+        assert_eq!(s.body_limit, 32 << 20);
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("sentinel-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        std::fs::write(
+            &path,
+            r#"
+listen = "127.0.0.1:9001"
+tier_config_ttl_seconds = 60
+[upstream]
+connect_timeout_ms = 1234
+[providers.azure]
+base_url = "https://azure.example/v1"
+api_key_env = "AZURE_KEY"
+[tiers.simple]
+models = [{ provider = "azure", model = "m", relative_cost = 2 }]
+"#,
+        )
+        .unwrap();
+        let cli = Cli {
+            config: Some(path.clone()),
+            ..Cli::default()
+        };
+        let s = load(
+            &[("SENTINEL_LISTEN", "127.0.0.1:9002"), ("AZURE_KEY", "k")],
+            cli.clone(),
+        )
+        .unwrap();
+        assert_eq!(s.listen.port(), 9002);
+        assert_eq!(s.tier_config_ttl, Duration::from_secs(60));
+        assert_eq!(s.connect_timeout, Duration::from_millis(1234));
+        assert_eq!(s.providers["azure"].api_key, Some(Secret::from("k")));
+        assert_eq!(
+            s.tiers.unwrap().tier(sentinel_core::Tier::Simple).models()[0].model(),
+            "m"
+        );
+        let s = load(&[("TIER_CONFIG_TTL_SECONDS", "90")], cli).unwrap();
+        assert_eq!(s.tier_config_ttl, Duration::from_secs(90));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let cases = [
+            ("SENTINEL_LISTEN", "nope"),
+            ("ZION_URL", "ftp://x"),
+            ("TIER_CONFIG_TTL_SECONDS", "0"),
+            ("OPENAI_BASE_URL", "not a url"),
+            ("SENTINEL_CONNECT_TIMEOUT_MS", "-1"),
+            ("SENTINEL_FAILURE_THRESHOLD", "0"),
+            ("REDIS_URL", "http://redis"),
+            ("SENTINEL_LOG", "loud"),
+            ("SENTINEL_HEALTH_CHECKS", "maybe"),
+        ];
+        for (name, value) in cases {
+            let err = load(&[(name, value)], Cli::default()).unwrap_err();
+            assert!(err.to_string().starts_with(name), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn beyond_loopback_needs_keys_or_the_flag() {
+        let err = load(&[("SENTINEL_LISTEN", "0.0.0.0:8080")], Cli::default()).unwrap_err();
+        assert!(err.to_string().contains("--allow-unauthenticated"));
+        assert!(
+            load(
+                &[
+                    ("SENTINEL_LISTEN", "0.0.0.0:8080"),
+                    ("SENTINEL_API_KEYS", "a,b")
+                ],
+                Cli::default()
+            )
+            .is_ok()
+        );
+        let cli = Cli {
+            allow_unauthenticated: true,
+            ..Cli::default()
+        };
+        assert!(load(&[("SENTINEL_LISTEN", "0.0.0.0:8080")], cli).is_ok());
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let s = load(
+            &[
+                ("OPENAI_API_KEY", "sk-very-secret"),
+                ("SENTINEL_API_KEYS", "in-1"),
+                ("ZION_API_KEY", "z-secret"),
+            ],
+            Cli::default(),
+        )
+        .unwrap();
+        let shown = format!("{s:?}");
+        for secret in ["sk-very-secret", "in-1", "z-secret"] {
+            assert!(!shown.contains(secret), "{secret} leaked");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir =
+            std::env::temp_dir().join(format!("sentinel-settings-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("b.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let err = load(
+            &[],
+            Cli {
+                config: Some(path),
+                ..Cli::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
