@@ -4,7 +4,7 @@
 //! | --- | --- | --- | --- |
 //! | `sentinel_tokens_total` | counter | `tier`, `model`, `provider`, `kind` (`input`, `output`) | tokens reported in `usage` by successful responses |
 //! | `sentinel_cost_micro_usd_total` | counter | `tier`, `model`, `provider` | cost of those tokens from the tier config's prices, in millionths of a US dollar |
-//! | `sentinel_usage_missing_total` | counter | `tier`, `model`, `provider` | successful responses without a readable `usage` (streams without `stream_options.include_usage`) |
+//! | `sentinel_usage_missing_total` | counter | `tier`, `model`, `provider` | successful responses without a readable `usage` (an upstream that does not report it, or a body over 4 MiB) |
 //! | `sentinel_stream_errors_total` | counter | `reason` (`broken`, `idle_timeout`) | upstream bodies that broke or stalled mid-way |
 //! | `sentinel_unknown_provider_models_total` | counter | `provider` | models left out of routing because the proxy does not know their provider |
 //! | `sentinel_http_requests_total` | counter | `status` (`2xx`, `4xx`, `5xx`, ...) | every HTTP request the proxy answered |

@@ -6,7 +6,13 @@
 //! and `OpenAI-Project` never go upstream), asks for an identity encoding so
 //! `usage` can be read, and streams the response back unbuffered. Failures
 //! before the response head are [`UpstreamError`]s (connect or timeout) for
-//! the retry and backoff stages. Inside the body, a pause longer than the
+//! the retry and backoff stages.
+//!
+//! Costs of streams: a streaming chat completion that does not ask for
+//! `stream_options.include_usage` gets it added, so the final usage chunk
+//! can be counted; that chunk (`"choices":[]` with `usage`) is then left
+//! out of what the client receives, so the client never sees a chunk it
+//! did not ask for. A client that asked for it gets it unchanged. Inside the body, a pause longer than the
 //! idle timeout or a broken upstream ends an SSE stream with an SSE error
 //! event (counted), never a silent clean end.
 
@@ -202,6 +208,13 @@ impl Upstream {
             .await
             .map_err(|e| UpstreamError::other(e.into_inner()))?
             .to_bytes();
+        // Streaming chat completions: ask for the usage chunk so costs can be
+        // counted, and hide it from a client that did not ask for it.
+        let (bytes, hide_usage) = if decision.stream && rest.ends_with("/chat/completions") {
+            with_include_usage(bytes)
+        } else {
+            (bytes, false)
+        };
 
         let mut request = reqwest::Request::new(parts.method, url);
         *request.headers_mut() = headers;
@@ -247,6 +260,7 @@ impl Upstream {
             sse,
             done: false,
             usage,
+            hidden: (sse && hide_usage).then(BytesMut::new),
         };
         Ok(Response::from_parts(parts, Body::new(body)))
     }
@@ -407,7 +421,76 @@ pin_project_lite::pin_project! {
         sse: bool,
         done: bool,
         usage: Option<Usage>,
+        // Set when Sentinel added `include_usage`: incomplete SSE events,
+        // held until whole so the usage-only chunk can be left out.
+        hidden: Option<BytesMut>,
     }
+}
+
+/// Adds `"stream_options":{"include_usage":true}` to a streaming chat
+/// request that does not ask for usage; says whether it did (then the
+/// usage-only chunk is hidden from the client).
+fn with_include_usage(body: Bytes) -> (Bytes, bool) {
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
+    else {
+        return (body, false);
+    };
+    let options = value
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    let Some(options) = options.as_object_mut() else {
+        return (body, false);
+    };
+    if options.get("include_usage") == Some(&serde_json::Value::Bool(true)) {
+        return (body, false);
+    }
+    options.insert("include_usage".into(), serde_json::Value::Bool(true));
+    match serde_json::to_vec(&value) {
+        Ok(bytes) => (Bytes::from(bytes), true),
+        Err(_) => (body, false),
+    }
+}
+
+/// Takes the whole SSE events out of `pending` and returns them, minus the
+/// usage-only chunk (`"choices":[]` with a `usage`), which the client did
+/// not ask for.
+fn whole_events_without_usage(pending: &mut BytesMut) -> Bytes {
+    let mut out = BytesMut::new();
+    while let Some(end) = event_end(pending) {
+        let event = pending.split_to(end);
+        if !is_usage_only(&event) {
+            out.extend_from_slice(&event);
+        }
+    }
+    out.freeze()
+}
+
+/// The end of the first whole event (after its blank line), if any.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn is_usage_only(event: &[u8]) -> bool {
+    if !event.windows(7).any(|w| w == b"\"usage\"") {
+        return false;
+    }
+    event
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.strip_prefix(b"data:"))
+        .filter_map(|payload| {
+            serde_json::from_slice::<serde_json::Value>(payload.trim_ascii()).ok()
+        })
+        .any(|v| {
+            v.get("choices")
+                .and_then(|c| c.as_array())
+                .is_some_and(Vec::is_empty)
+                && v.get("usage").is_some_and(|u| u.is_object())
+        })
 }
 
 /// The SSE event that ends a broken stream.
@@ -430,27 +513,44 @@ impl http_body::Body for UpstreamBody {
         if *this.done {
             return Poll::Ready(None);
         }
-        let failure: &'static str = match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let deadline = tokio::time::Instant::now() + *this.idle_timeout;
-                this.idle.as_mut().reset(deadline);
-                if let (Some(data), Some(usage)) = (frame.data_ref(), this.usage.as_mut()) {
-                    usage.feed(data);
+        let failure: &'static str = loop {
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + *this.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
+                    let Some(data) = frame.data_ref() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    if let Some(usage) = this.usage.as_mut() {
+                        usage.feed(data);
+                    }
+                    let Some(pending) = this.hidden.as_mut() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    pending.extend_from_slice(data);
+                    let out = whole_events_without_usage(pending);
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
                 }
-                return Poll::Ready(Some(Ok(frame)));
-            }
-            Poll::Ready(None) => {
-                *this.done = true;
-                if let Some(mut usage) = this.usage.take() {
-                    usage.finish();
+                Poll::Ready(None) => {
+                    *this.done = true;
+                    if let Some(mut usage) = this.usage.take() {
+                        usage.finish();
+                    }
+                    // A last event without its blank line: pass it on as it is.
+                    if let Some(rest) = this.hidden.take().filter(|r| !r.is_empty()) {
+                        return Poll::Ready(Some(Ok(Frame::data(rest.freeze()))));
+                    }
+                    return Poll::Ready(None);
                 }
-                return Poll::Ready(None);
+                Poll::Ready(Some(Err(_))) => break "broken",
+                Poll::Pending => match this.idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => break "idle_timeout",
+                    Poll::Pending => return Poll::Pending,
+                },
             }
-            Poll::Ready(Some(Err(_))) => "broken",
-            Poll::Pending => match this.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => "idle_timeout",
-                Poll::Pending => return Poll::Pending,
-            },
         };
         *this.done = true;
         if let Some(mut usage) = this.usage.take() {
@@ -463,7 +563,12 @@ impl http_body::Body for UpstreamBody {
                 "idle_timeout" => "the upstream stream stalled beyond the idle timeout",
                 _ => "the upstream stream broke before it finished",
             };
-            Poll::Ready(Some(Ok(Frame::data(stream_error_event(message)))))
+            let mut out = this.hidden.take().map(|b| b.to_vec()).unwrap_or_default();
+            if !out.is_empty() && !out.ends_with(b"\n\n") {
+                out.extend_from_slice(b"\n\n");
+            }
+            out.extend_from_slice(&stream_error_event(message));
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
         } else {
             Poll::Ready(Some(Err(failure.into())))
         }
@@ -486,6 +591,40 @@ mod tests {
             .with_no_client_auth();
         assert!(!config.crypto_provider().cipher_suites.is_empty());
         assert!(http_client(Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn include_usage_is_added_only_when_missing() {
+        let (body, added) = with_include_usage(Bytes::from(r#"{"stream":true,"model":"m"}"#));
+        assert!(added);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "m");
+        let asked = Bytes::from(r#"{"stream":true,"stream_options":{"include_usage":true}}"#);
+        assert_eq!(with_include_usage(asked.clone()), (asked, false));
+        let (body, added) = with_include_usage(Bytes::from(
+            r#"{"stream_options":{"include_usage":false,"x":1}}"#,
+        ));
+        assert!(added);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({ "include_usage": true, "x": 1 })
+        );
+    }
+
+    #[test]
+    fn the_usage_only_chunk_is_hidden_and_everything_else_kept() {
+        let usage = r#"data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
+        let content = r#"data: {"choices":[{"delta":{"content":"usage"}}]}"#;
+        let text = format!("{content}\n\n{usage}\n\ndata: [DONE]\n\ndata: {{\"par");
+        let mut pending = BytesMut::from(text.as_bytes());
+        let out = whole_events_without_usage(&mut pending);
+        assert_eq!(
+            &out[..],
+            format!("{content}\n\ndata: [DONE]\n\n").as_bytes()
+        );
+        assert_eq!(&pending[..], br#"data: {"par"#, "an incomplete event waits");
     }
 
     #[test]
