@@ -30,6 +30,9 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    // Register the signal handlers before serving, so a SIGTERM that comes
+    // right after start-up drains instead of killing the process.
+    let signals = Signals::install();
     let demo = settings.demo;
     let proxy = match sentinel_proxy::start(settings).await {
         Ok(p) => p,
@@ -45,7 +48,7 @@ async fn main() -> ExitCode {
         let _ = writeln!(std::io::stdout(), "{}", demo_banner(addr));
     }
 
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down: draining in-flight requests");
     proxy.shutdown();
     match proxy.wait().await {
@@ -57,25 +60,61 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, registered when created.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Signals {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        {
+            let (mut term, mut int) = (self.term, self.int);
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            };
+            tokio::select! {
+                () = term => {}
+                () = int => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
