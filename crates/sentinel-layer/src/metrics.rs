@@ -69,7 +69,7 @@ pub fn describe() {
 }
 
 /// The `status` label: `2xx`, `4xx`, ...
-pub(crate) fn status_class(status: http::StatusCode) -> &'static str {
+pub fn status_class(status: http::StatusCode) -> &'static str {
     match status.as_u16() {
         100..=199 => "1xx",
         200..=299 => "2xx",

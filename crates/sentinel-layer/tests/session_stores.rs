@@ -7,9 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::Pool;
-use fred::interfaces::ClientLike;
-use fred::types::Builder;
-use fred::types::config::{Config, ReconnectPolicy};
 use sentinel_core::{Pinned, Tier};
 use sentinel_layer::session::{
     MemorySessionStore, PinOutcome, RedisSessionStore, SessionError, SessionStore,
@@ -23,16 +20,7 @@ fn pin(tier: Tier, model: &str) -> Pinned {
 }
 
 async fn pool(url: &str) -> Pool {
-    let mut config = Config::from_url(url).unwrap();
-    config.fail_fast = false;
-    let pool = Builder::from_config(config)
-        .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(500))
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2000, 2))
-        .build_pool(2)
-        .unwrap();
-    let _connections = pool.connect();
-    pool.wait_for_connect().await.unwrap();
-    pool
+    sentinel_testkit::redis::fred_pool(url).await.unwrap()
 }
 
 async fn redis_store(redis: &RedisServer, ttl: Duration) -> RedisSessionStore {

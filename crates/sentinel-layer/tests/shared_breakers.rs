@@ -10,7 +10,6 @@ use axum::Router;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use fred::interfaces::ClientLike;
 use http::StatusCode;
 use sentinel_layer::{RoutingDecision, TierRoutingLayer};
 use sentinel_testkit::RedisServer;
@@ -18,18 +17,9 @@ use serde_json::json;
 use support::{chat_with, send, source};
 
 async fn pool(redis: &RedisServer) -> fred::clients::Pool {
-    let mut config = fred::types::config::Config::from_url(&redis.url()).unwrap();
-    config.fail_fast = false;
-    let pool = fred::types::Builder::from_config(config)
-        .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(500))
-        .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
-            0, 50, 2000, 2,
-        ))
-        .build_pool(2)
-        .unwrap();
-    drop(pool.connect());
-    pool.wait_for_connect().await.unwrap();
-    pool
+    sentinel_testkit::redis::fred_pool(&redis.url())
+        .await
+        .unwrap()
 }
 
 /// Fails the model named in `x-fail`.

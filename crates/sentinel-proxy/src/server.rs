@@ -215,17 +215,8 @@ async fn access_log(mut request: Request, next: Next) -> Response {
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
-    ::metrics::counter!(m::HTTP_REQUESTS, "status" => sentinel_status_class(status)).increment(1);
+    ::metrics::counter!(m::HTTP_REQUESTS, "status" => sentinel_layer::metrics::status_class(status)).increment(1);
     response
-}
-
-fn sentinel_status_class(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
 }
 
 #[cfg(test)]

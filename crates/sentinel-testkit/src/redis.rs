@@ -372,6 +372,24 @@ impl RedisServer {
     }
 }
 
+/// A connected `fred` pool for `url` (the code under test builds its own
+/// pools; tests of components that take a pool use this one): command
+/// timeout 500 ms, reconnecting on its own, waiting until connected.
+pub async fn fred_pool(url: &str) -> Result<fred::clients::Pool, fred::error::Error> {
+    use fred::interfaces::ClientLike;
+    let mut config = fred::types::config::Config::from_url(url)?;
+    config.fail_fast = false;
+    let pool = fred::types::Builder::from_config(config)
+        .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(500))
+        .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
+            0, 50, 2000, 2,
+        ))
+        .build_pool(2)?;
+    drop(pool.connect());
+    pool.wait_for_connect().await?;
+    Ok(pool)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

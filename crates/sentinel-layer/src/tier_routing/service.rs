@@ -1,6 +1,5 @@
 //! [`TierRouting`]: the tier-routing service.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,7 +24,7 @@ use crate::metrics as m;
 use crate::request;
 use crate::retry::{NextModel, RouteContext};
 use crate::select::NoModel;
-use crate::upstream::{BoxError, UpstreamError, UpstreamErrorKind};
+use crate::upstream::{BoxError, UpstreamErrorKind};
 
 /// The response header naming the model that produced the response.
 pub const MODEL_HEADER: &str = "x-sentinel-model";
@@ -448,10 +447,3 @@ async fn decide(
         }
     }
 }
-
-// `Infallible` is the error type of axum's routes; keep the bound honest.
-const _: fn() = || {
-    fn assert_error<E: Into<BoxError>>() {}
-    assert_error::<Infallible>();
-    let _ = UpstreamError::classify;
-};
