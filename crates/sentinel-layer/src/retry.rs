@@ -9,6 +9,25 @@
 //! (gRPC) is never retried. When the last attempt fails, the policy answers
 //! in Sentinel's envelope: 502 `upstream_failed`, or 504 `upstream_timeout`
 //! after a timeout.
+//!
+//! The policy is part of the stack [`TierRoutingLayer`](crate::TierRoutingLayer)
+//! builds; there is nothing to configure. What the inner service sees on a
+//! retry is a second call whose [`RoutingDecision`] has `attempt == 2` and
+//! `reason == SelectionReason::Retry`.
+//!
+//! # Example
+//!
+//! ```
+//! use sentinel_layer::{RoutingDecision, SelectionReason};
+//!
+//! fn describe(decision: &RoutingDecision) -> String {
+//!     match decision.reason {
+//!         SelectionReason::Retry => format!("retry #{} on {}", decision.attempt, decision.model),
+//!         _ => format!("first try on {}", decision.model),
+//!     }
+//! }
+//! # let _ = describe;
+//! ```
 
 use std::future::{Ready, ready};
 use std::sync::Arc;

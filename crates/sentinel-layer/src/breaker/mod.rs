@@ -9,6 +9,29 @@
 //!
 //! Open models are excluded when the layer chooses a model, never through
 //! `poll_ready`, so one open model never stalls the others.
+//!
+//! An inner service reports a failure before the response head as an
+//! [`UpstreamError`](crate::UpstreamError), so that a connection failure
+//! counts against the provider and a timeout against the model.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use sentinel_core::{RawTierConfig, StaticConfig, TierConfig};
+//! use sentinel_layer::TierRoutingLayer;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let config = TierConfig::validate(serde_json::from_str::<RawTierConfig>(r#"{"tiers":{}}"#)?)?;
+//! // Open a model after 2 failures in a row; wait 10 s, doubling up to 2 min.
+//! let layer = TierRoutingLayer::builder(StaticConfig::new(config))
+//!     .failure_threshold(2)
+//!     .backoff(Duration::from_secs(10), Duration::from_secs(120))
+//!     .build()?;
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! ```
 
 pub(crate) mod service;
 pub(crate) mod shared;

@@ -11,6 +11,26 @@
 //!
 //! Two implementations: [`MemorySessionStore`] (bounded: a maximum number of
 //! entries and an idle TTL) and [`RedisSessionStore`] (through `fred`).
+//!
+//! # Example
+//!
+//! ```
+//! use sentinel_core::{Pinned, Tier};
+//! use sentinel_layer::session::{MemorySessionStore, SessionStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), sentinel_layer::session::SessionError> {
+//! let store = MemorySessionStore::new();
+//! let moderate = Pinned::new(Tier::Moderate, "openai", "gpt-4o");
+//! let simple = Pinned::new(Tier::Simple, "openai", "gpt-4o-mini");
+//!
+//! store.pin_or_get("s-1", Some(&moderate)).await?;
+//! // A lower tier never replaces the pin: the session stays on gpt-4o.
+//! let outcome = store.pin_or_get("s-1", Some(&simple)).await?;
+//! assert_eq!(outcome.current, Some(moderate));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::future::Future;
