@@ -111,11 +111,47 @@ pub struct RawModel {
     pub provider: String,
     /// The upstream model name.
     pub model: String,
-    /// Relative cost, an integer in `1..=10`; the selection weight is its inverse.
+    /// Relative cost, an integer in `1..=10`; the selection weight is its
+    /// inverse. A JSON number with no fraction (`3.0`) is read as that
+    /// integer; `1.5` is an error.
+    #[serde(deserialize_with = "integral")]
     pub relative_cost: i64,
     /// Token prices for cost reporting. Optional: without them no cost is reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<RawPricing>,
+}
+
+/// Reads an integer, accepting a float with no fraction (some encoders
+/// write `3.0` for 3).
+fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    struct Integral;
+
+    impl serde::de::Visitor<'_> for Integral {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an integer")
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            // Out of range values fail validation with the value shown.
+            Ok(i64::try_from(v).unwrap_or(i64::MAX))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            if v.fract() == 0.0 && v.abs() < 1e15 {
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    deserializer.deserialize_any(Integral)
 }
 
 /// Token prices of a [`RawModel`], in US dollars per million tokens.
@@ -505,6 +541,23 @@ mod tests {
         assert_eq!(config.tier(Tier::Moderate).models()[0].pricing(), None);
         assert!(config.tier(Tier::Complex).is_empty());
         assert_eq!(config.models().count(), 2);
+    }
+
+    #[test]
+    fn relative_cost_accepts_integral_floats_only() {
+        let parse = |cost: &str| {
+            serde_json::from_str::<RawModel>(&format!(
+                r#"{{"provider":"p","model":"m","relative_cost":{cost}}}"#
+            ))
+        };
+        assert_eq!(parse("3").unwrap().relative_cost, 3);
+        assert_eq!(parse("3.0").unwrap().relative_cost, 3);
+        assert!(parse("1.5").is_err());
+        assert!(parse("\"3\"").is_err());
+        assert_eq!(
+            parse("18446744073709551615").unwrap().relative_cost,
+            i64::MAX
+        );
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //! `/models` by default: it costs no tokens) with the provider's key: first
 //! at start-up, then every `interval` (15 s by default), each bounded by
 //! `timeout` (2 s). A 2xx marks the provider up (the body is not read) and
-//! resets the provider's breaker only, never a model's; anything else feeds
-//! the provider's breaker, which excludes all its models while open.
+//! resets the provider's breaker only, never a model's. No answer in time,
+//! no connection, 429, 502, 503 or 504 feed the provider's breaker, which
+//! excludes all its models while open. Any other status (a provider without
+//! the probe path answers 404 or 501) shows the provider reachable but not
+//! up: it changes nothing and is counted as `inconclusive`.
 //!
 //! The layer does no HTTP itself: the embedding application hands it a
 //! [`HealthClient`] that sends the probe (the proxy uses its upstream
@@ -186,6 +189,46 @@ impl HealthChecks {
     }
 }
 
+/// What one probe says of a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// 2xx: up; resets the provider's breaker.
+    Up,
+    /// No answer in time, no connection, 429, 502, 503 or 504: the provider
+    /// (or the gateway in front of it) says it cannot serve. Feeds the
+    /// provider's breaker.
+    Down,
+    /// Any other status (a 404 or 501 from a provider without the probe
+    /// path or method, a 401 for a key without that permission, a 500): the
+    /// provider answered, so it is reachable, but it is not shown up
+    /// either. Changes nothing; request outcomes still drive the breakers.
+    Inconclusive,
+}
+
+impl Probe {
+    fn of(answer: Result<StatusCode, ()>) -> Self {
+        match answer {
+            Ok(status) if status.is_success() => Probe::Up,
+            Ok(
+                StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::BAD_GATEWAY
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT,
+            ) => Probe::Down,
+            Ok(_) => Probe::Inconclusive,
+            Err(()) => Probe::Down,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Probe::Up => "up",
+            Probe::Down => "down",
+            Probe::Inconclusive => "inconclusive",
+        }
+    }
+}
+
 /// Probes one target forever, until the layer is gone.
 pub(crate) async fn run(shared: Weak<Shared>, target: HealthTarget, checks: HealthChecks) {
     let Some(request) = target.request(&checks.path) else {
@@ -197,27 +240,32 @@ pub(crate) async fn run(shared: Weak<Shared>, target: HealthTarget, checks: Heal
             *r.headers_mut() = request.headers().clone();
             r
         });
-        let up = match probe {
-            Ok(probe) => matches!(
-                tokio::time::timeout(checks.timeout, checks.client.get(probe)).await,
-                Ok(Ok(status)) if status.is_success()
-            ),
-            Err(_) => false,
+        let result = match probe {
+            Ok(probe) => {
+                let answer = tokio::time::timeout(checks.timeout, checks.client.get(probe)).await;
+                Probe::of(answer.map_err(|_| ()).and_then(|r| r.map_err(|_| ())))
+            }
+            Err(_) => Probe::Down,
         };
         {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            shared
-                .selector
-                .breakers
-                .health(&target.provider, up, Instant::now());
+            let breakers = &shared.selector.breakers;
+            match result {
+                Probe::Up => breakers.health(&target.provider, true, Instant::now()),
+                Probe::Down => breakers.health(&target.provider, false, Instant::now()),
+                Probe::Inconclusive => {}
+            }
         }
-        let result = if up { "up" } else { "down" };
-        ::metrics::counter!(m::HEALTH_CHECKS, "provider" => target.provider.to_string(), "result" => result)
+        ::metrics::counter!(m::HEALTH_CHECKS, "provider" => target.provider.to_string(), "result" => result.as_str())
             .increment(1);
-        if !up {
-            tracing::warn!(provider = %target.provider, "health check failed");
+        match result {
+            Probe::Down => tracing::warn!(provider = %target.provider, "health check failed"),
+            Probe::Inconclusive => {
+                tracing::debug!(provider = %target.provider, "health check inconclusive")
+            }
+            Probe::Up => {}
         }
         tokio::time::sleep(checks.interval).await;
     }

@@ -10,7 +10,7 @@
 //! | `sentinel_retries_total` | counter | `tier` | second attempts on the next model |
 //! | `sentinel_breaker_transitions_total` | counter | `scope` (`model`, `provider`), `name`, `to` (`open`, `closed`) | circuit-breaker transitions |
 //! | `sentinel_models_open` | gauge | | model breakers open right now in this process |
-//! | `sentinel_health_checks_total` | counter | `provider`, `result` (`up`, `down`) | active health-check probes |
+//! | `sentinel_health_checks_total` | counter | `provider`, `result` (`up`, `down`, `inconclusive`) | active health-check probes |
 //! | `sentinel_session_upgrades_total` | counter | `from`, `to` | sessions moved to a higher tier |
 //! | `sentinel_redis_fallbacks_total` | counter | `component` (`sessions`, `breakers`) | Redis calls that failed or timed out; the request went on without them |
 //! | `sentinel_errors_total` | counter | `code` | responses Sentinel made itself, by error code |

@@ -163,3 +163,40 @@ fn settings_are_validated() {
         .contains("sk-secret")
     );
 }
+
+#[derive(Clone)]
+struct Answers(StatusCode);
+
+impl HealthClient for Answers {
+    fn get(&self, _request: http::Request<()>) -> HealthFuture {
+        let status = self.0;
+        Box::pin(async move { Ok(status) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_without_the_probe_path_is_not_taken_down() {
+    for (status, served) in [
+        (StatusCode::NOT_FOUND, true),
+        (StatusCode::UNAUTHORIZED, true),
+        (StatusCode::NOT_IMPLEMENTED, true),
+        (StatusCode::SERVICE_UNAVAILABLE, false),
+        (StatusCode::BAD_GATEWAY, false),
+        (StatusCode::TOO_MANY_REQUESTS, false),
+    ] {
+        let target = HealthTarget::new("openai", "http://provider.test/v1", None).unwrap();
+        let layer = TierRoutingLayer::builder(source())
+            .failure_threshold(1)
+            .health_checks(HealthChecks::new(vec![target], Answers(status)))
+            .build()
+            .unwrap();
+        layer.start_background_tasks();
+        settle().await;
+        let r = send(&echo_app(layer), chat(json!({}))).await;
+        assert_eq!(
+            r.status == StatusCode::OK,
+            served,
+            "probe answered {status}"
+        );
+    }
+}
