@@ -130,7 +130,8 @@ fn dropped_request_header(name: &HeaderName) -> bool {
     )
 }
 
-/// Response headers that are the connection's, not the response's.
+/// Response headers that are the connection's, not the response's, or
+/// that name the provider account behind Sentinel.
 fn dropped_response_header(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -141,6 +142,8 @@ fn dropped_response_header(name: &HeaderName) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
+            | "openai-organization"
+            | "openai-project"
     )
 }
 
