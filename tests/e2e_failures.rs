@@ -565,7 +565,8 @@ async fn a_stream_broken_or_stalled_midway_ends_with_an_sse_error_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_failing_its_health_checks_is_kept_out_until_it_recovers() {
     let upstream = MockUpstream::start().await.unwrap();
-    upstream.set_health_fault(Some(status(500)));
+    // 503: the provider says it cannot serve (a 404 or 500 would be inconclusive).
+    upstream.set_health_fault(Some(status(503)));
     let env = Env::new(&upstream)
         .fast_failures()
         .set("SENTINEL_HEALTH_CHECKS", "true")
@@ -613,4 +614,22 @@ async fn a_reset_connection_or_an_unreachable_provider_is_502_upstream_failed() 
     reply.assert_error(502, "upstream_failed");
     assert_eq!(reply.model(), Some("gpt-4.1"));
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_without_the_probe_path_stays_in() {
+    let upstream = MockUpstream::start().await.unwrap();
+    upstream.set_health_fault(Some(status(404)));
+    let env = Env::new(&upstream)
+        .fast_failures()
+        .set("SENTINEL_HEALTH_CHECKS", "true")
+        .set("SENTINEL_HEALTH_INTERVAL_SECS", "1");
+    let proxy = Proxy::start(&env).await;
+    let probed = eventually(Duration::from_secs(4), || async {
+        upstream.health_calls() >= 2
+    })
+    .await;
+    assert!(probed, "the provider was not probed");
+    let reply = proxy.chat(&chat_body(Some("moderate"))).await;
+    assert_eq!(reply.status, 200, "a 404 probe took the provider out");
 }
