@@ -58,6 +58,17 @@ pub(crate) fn is_retryable_status(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
+/// Whether a trailers-only gRPC response says the model could not serve:
+/// `grpc-status` UNAVAILABLE (14), RESOURCE_EXHAUSTED (8) or
+/// DEADLINE_EXCEEDED (4). (A status in the trailers of a streamed body is
+/// not seen: the outcome is decided on the response head.)
+pub(crate) fn is_grpc_unavailable(headers: &HeaderMap) -> bool {
+    matches!(
+        headers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(b"14" | b"8" | b"4")
+    )
+}
+
 /// `Retry-After` in delta-seconds, when the upstream sent one.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
@@ -177,7 +188,9 @@ where
                 };
                 match result {
                     Ok(response) => {
-                        let outcome = if is_retryable_status(response.status()) {
+                        let failed = is_retryable_status(response.status())
+                            || is_grpc_unavailable(response.headers());
+                        let outcome = if failed {
                             Outcome::ModelFailure {
                                 retry_after: retry_after(response.headers()),
                             }
@@ -202,5 +215,28 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_read_from_the_head() {
+        assert!(is_retryable_status(StatusCode::TOO_MANY_REQUESTS));
+        assert!(is_retryable_status(StatusCode::BAD_GATEWAY));
+        assert!(!is_retryable_status(StatusCode::BAD_REQUEST));
+        let mut headers = HeaderMap::new();
+        assert!(!is_grpc_unavailable(&headers));
+        headers.insert("grpc-status", http::HeaderValue::from_static("14"));
+        assert!(is_grpc_unavailable(&headers));
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        assert!(
+            !is_grpc_unavailable(&headers),
+            "INVALID_ARGUMENT is the caller's"
+        );
+        headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
     }
 }
