@@ -106,21 +106,7 @@ async fn after_a_failover_the_session_follows_the_model_that_served_it() {
 
 #[tokio::test]
 async fn a_pinned_model_that_backs_off_is_replaced_within_the_tier() {
-    async fn handler(request: Request) -> Response {
-        let d = request
-            .extensions()
-            .get::<RoutingDecision>()
-            .cloned()
-            .unwrap();
-        let fail = request
-            .headers()
-            .get("x-fail")
-            .and_then(|v| v.to_str().ok());
-        if fail.is_some_and(|f| f == "*" || f == &*d.model) {
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        }
-        axum::Json(json!({ "model": d.model.to_string() })).into_response()
-    }
+    let handler = support::fail_on_header;
     let store = MemorySessionStore::new();
     let layer = TierRoutingLayer::builder(source())
         .session_store(store.clone())

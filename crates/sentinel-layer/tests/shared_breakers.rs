@@ -7,11 +7,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http::StatusCode;
-use sentinel_layer::{RoutingDecision, TierRoutingLayer};
+use sentinel_layer::TierRoutingLayer;
 use sentinel_testkit::RedisServer;
 use serde_json::json;
 use support::{chat_with, send, source};
@@ -22,23 +20,6 @@ async fn pool(redis: &RedisServer) -> fred::clients::Pool {
         .unwrap()
 }
 
-/// Fails the model named in `x-fail`.
-async fn handler(request: Request) -> Response {
-    let d = request
-        .extensions()
-        .get::<RoutingDecision>()
-        .cloned()
-        .unwrap();
-    let fail = request
-        .headers()
-        .get("x-fail")
-        .and_then(|v| v.to_str().ok());
-    if fail == Some(&*d.model) {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    axum::Json(json!({ "model": d.model.to_string() })).into_response()
-}
-
 async fn replica(redis: &RedisServer) -> Router {
     let layer = TierRoutingLayer::builder(source())
         .failure_threshold(1)
@@ -46,7 +27,7 @@ async fn replica(redis: &RedisServer) -> Router {
         .build()
         .unwrap();
     Router::new()
-        .route("/v1/chat/completions", post(handler))
+        .route("/v1/chat/completions", post(support::fail_on_header))
         .layer(layer)
 }
 

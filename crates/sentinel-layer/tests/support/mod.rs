@@ -73,6 +73,24 @@ pub(crate) fn echo_app(layer: sentinel_layer::TierRoutingLayer) -> Router {
         .layer(layer)
 }
 
+/// A routed handler that fails (500) the model named in `x-fail` (`*`: any
+/// model) and otherwise answers with the model it was given.
+pub(crate) async fn fail_on_header(request: Request) -> Response {
+    let d = request
+        .extensions()
+        .get::<RoutingDecision>()
+        .cloned()
+        .unwrap();
+    let fail = request
+        .headers()
+        .get("x-fail")
+        .and_then(|v| v.to_str().ok());
+    if fail.is_some_and(|f| f == "*" || f == &*d.model) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    axum::Json(json!({ "model": d.model.to_string() })).into_response()
+}
+
 pub(crate) struct Reply {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
