@@ -69,3 +69,74 @@ pub use tier_routing::{
     InvalidConfig, ResponseFuture, TierRouting, TierRoutingLayer, TierRoutingLayerBuilder,
 };
 pub use upstream::{BoxError, UpstreamError, UpstreamErrorKind};
+
+/// Entry points for the benchmarks in `benches/`. **Not a stable API**: hidden
+/// from the docs, may change or go at any time; do not use it outside
+/// `benches/rewrite.rs`.
+#[doc(hidden)]
+pub mod __bench {
+    use bytes::Bytes;
+    use http::HeaderMap;
+
+    use crate::SentinelError;
+    use crate::request;
+
+    /// What the layer does to a routed (non-gRPC) request's buffered body,
+    /// minus choosing the model: reads the tier from `X-Sentinel-Tier`,
+    /// parses the body, resolves the tier from both, builds the body
+    /// template and renders it for `model`. Returns the body sent upstream
+    /// (`model` set, `tier` removed), or the error the layer would answer.
+    ///
+    /// Not a stable API: it exists for `benches/rewrite.rs` and calls the
+    /// same functions as the routing service, in the same order.
+    pub fn extract_and_rewrite(
+        headers: &HeaderMap,
+        body: &[u8],
+        model: &str,
+    ) -> Result<Bytes, SentinelError> {
+        let header_tier = request::header_tier(headers)?;
+        let parsed = request::parse_body(body)?;
+        request::resolve_tier(header_tier, &parsed)?;
+        Ok(parsed.template().render(model))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use http::HeaderValue;
+        use serde_json::{Value, json};
+
+        use super::*;
+        use crate::ErrorCode;
+
+        #[test]
+        fn returns_the_rewritten_body() {
+            let original = json!({
+                "tier": "simple",
+                "messages": [{ "role": "user", "content": "hi" }],
+                "temperature": 0.2,
+                "stream": false,
+            });
+            let body = serde_json::to_vec(&original).unwrap();
+            let rewritten = extract_and_rewrite(&HeaderMap::new(), &body, "gpt-4o-mini").unwrap();
+            let rewritten: Value = serde_json::from_slice(&rewritten).unwrap();
+            let mut expected = original;
+            let map = expected.as_object_mut().unwrap();
+            map.remove("tier");
+            map.insert("model".into(), json!("gpt-4o-mini"));
+            assert_eq!(rewritten, expected);
+        }
+
+        #[test]
+        fn reads_the_tier_header_and_body_as_the_layer_does() {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-sentinel-tier", HeaderValue::from_static("complex"));
+            let body = br#"{"tier":"simple"}"#;
+            let err = extract_and_rewrite(&headers, body, "m").unwrap_err();
+            assert_eq!(err.code(), ErrorCode::ConflictingTier);
+            let err = extract_and_rewrite(&HeaderMap::new(), b"[]", "m").unwrap_err();
+            assert_eq!(err.code(), ErrorCode::InvalidJson);
+            let err = extract_and_rewrite(&HeaderMap::new(), br#"{"model":"gpt"}"#, "m");
+            assert_eq!(err.unwrap_err().code(), ErrorCode::ModelNotAllowed);
+        }
+    }
+}

@@ -37,6 +37,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use http::Request;
 use sentinel_core::{StaticConfig, TierConfigSource};
 use sentinel_layer::health::{HealthChecks, HealthClient, HealthFuture, HealthTarget};
@@ -246,6 +247,13 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
         let shutdown = async move {
             let _ = signal.wait_for(|s| *s).await;
         };
+        // Responses and SSE chunks go out as soon as they are written: no
+        // Nagle delay waiting for the client's ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
         let drained = async move {
             let _ = stopped.wait_for(|s| *s).await;

@@ -1,0 +1,826 @@
+//! The driver: starts every process, offers the same load to each target,
+//! and prints one table.
+//!
+//! Targets: the mock upstream directly (`direct`), through the bare hyper
+//! pass-through (`passthrough`), through `sentinel-proxy` with memory
+//! backends (`sentinel-memory`), and through `sentinel-proxy` with Redis
+//! (`sentinel-redis`: config cache, sessions and breakers in Redis; every
+//! request carries `x-sentinel-session`). For each: non-streaming and
+//! streaming bodies, a closed loop at 1 and 16 connections, and an open
+//! loop at a fixed rate. Each point is a warm-up run, then a measured run;
+//! the gateway's CPU seconds and Redis's command count are read just before
+//! and just after the measured run.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+use crate::oha::{self, Load};
+use crate::procfs;
+use crate::upstream::{CHUNK_DELAY_HEADER, CONTENT_CHUNKS};
+
+/// `sentinel-bench run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Options {
+    /// The `sentinel-proxy` binary [next to this one].
+    #[arg(long)]
+    proxy: Option<PathBuf>,
+    /// The `session-memory` binary [next to this one].
+    #[arg(long)]
+    session_memory: Option<PathBuf>,
+    /// The `oha` binary.
+    #[arg(long, default_value = "oha")]
+    oha: PathBuf,
+    /// The `redis-server` binary.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
+    /// Measured seconds per point.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Warm-up seconds before each point (not measured).
+    #[arg(long, default_value_t = 1)]
+    warmup_seconds: u64,
+    /// The open loop's rate, requests per second.
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    /// Sessions for the memory measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    sessions: u64,
+    /// Also write the report, as Markdown, to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// A child process, killed when dropped.
+struct Process {
+    name: &'static str,
+    child: Child,
+}
+
+impl Process {
+    fn spawn(name: &'static str, command: &mut Command) -> Result<Self, String> {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {name} ({:?}): {e}", command.get_program()))?;
+        Ok(Process { name, child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until `addr` accepts connections, or fails after 20 s or when
+    /// the process exits.
+    fn wait_listening(&mut self, addr: SocketAddr) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("{} exited early: {status}", self.name));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not listen on {addr} within 20 s",
+                    self.name
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `n` distinct free loopback ports (bound together, then released).
+fn free_addrs(n: usize) -> Result<Vec<SocketAddr>, String> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("finding a free port: {e}"))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map_err(|e| e.to_string()))
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Direct,
+    Passthrough,
+    SentinelMemory,
+    /// Sentinel with Redis; `true`: with a session header.
+    SentinelRedis(bool),
+}
+
+impl Target {
+    fn label(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Passthrough => "passthrough",
+            Target::SentinelMemory => "sentinel-memory",
+            Target::SentinelRedis(true) => "sentinel-redis",
+            Target::SentinelRedis(false) => "sentinel-redis, no session",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Json,
+    Sse,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Json => "json",
+            Kind::Sse => "sse",
+        }
+    }
+}
+
+/// A chat body of about 1 KiB, the same for every target.
+fn body(kind: Kind) -> String {
+    let question = "Summarise the plot of Hamlet in one paragraph for a reader who has never seen the play, naming the main characters, where it takes place, and how it ends. ".repeat(5);
+    serde_json::json!({
+        "tier": "simple",
+        "messages": [
+            { "role": "system", "content": "You are a concise literary assistant." },
+            { "role": "user", "content": question },
+        ],
+        "temperature": 0.2,
+        "stream": kind == Kind::Sse,
+    })
+    .to_string()
+}
+
+const SESSION: (&str, &str) = ("x-sentinel-session", "bench-session-0001");
+
+/// One measured point.
+struct Point {
+    target: Target,
+    kind: Kind,
+    load: Load,
+    outcome: oha::Outcome,
+    /// Gateway CPU microseconds per completed request.
+    cpu_us: Option<f64>,
+    /// Redis commands per completed request.
+    redis_per_request: Option<f64>,
+}
+
+/// The processes under test.
+struct Lab {
+    upstream_addr: SocketAddr,
+    passthrough: (Process, SocketAddr),
+    memory: (Process, SocketAddr),
+    redis_proxy: (Process, SocketAddr),
+    redis_addr: SocketAddr,
+    _upstream: Process,
+    _redis: Process,
+}
+
+impl Lab {
+    fn start(options: &Options, proxy: &Path) -> Result<Lab, String> {
+        let me = std::env::current_exe().map_err(|e| format!("this binary: {e}"))?;
+        let addrs = free_addrs(5)?;
+        let (up, pass, mem, red, redis) = (addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]);
+
+        let mut upstream = Process::spawn(
+            "mock upstream",
+            Command::new(&me).args(["upstream", "--listen", &up.to_string()]),
+        )?;
+        upstream.wait_listening(up)?;
+        let mut passthrough = Process::spawn(
+            "pass-through proxy",
+            Command::new(&me).args([
+                "passthrough",
+                "--listen",
+                &pass.to_string(),
+                "--upstream",
+                &format!("http://{up}"),
+            ]),
+        )?;
+        passthrough.wait_listening(pass)?;
+        let mut redis_server = Process::spawn(
+            "redis-server",
+            Command::new(&options.redis_server).args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &redis.port().to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]),
+        )?;
+        redis_server.wait_listening(redis)?;
+
+        let sentinel = |listen: SocketAddr, redis: Option<SocketAddr>| {
+            let mut command = Command::new(proxy);
+            command
+                .env_clear()
+                .env("SENTINEL_LISTEN", listen.to_string())
+                .env("OPENAI_BASE_URL", format!("http://{up}/v1"))
+                .env("OPENAI_API_KEY", "bench-key");
+            if let Some(redis) = redis {
+                command.env("REDIS_URL", format!("redis://{redis}"));
+            }
+            command
+        };
+        let mut memory = Process::spawn("sentinel-proxy (memory)", &mut sentinel(mem, None))?;
+        memory.wait_listening(mem)?;
+        let mut redis_proxy =
+            Process::spawn("sentinel-proxy (redis)", &mut sentinel(red, Some(redis)))?;
+        redis_proxy.wait_listening(red)?;
+        Ok(Lab {
+            upstream_addr: up,
+            passthrough: (passthrough, pass),
+            memory: (memory, mem),
+            redis_proxy: (redis_proxy, red),
+            redis_addr: redis,
+            _upstream: upstream,
+            _redis: redis_server,
+        })
+    }
+
+    fn addr(&self, target: Target) -> SocketAddr {
+        match target {
+            Target::Direct => self.upstream_addr,
+            Target::Passthrough => self.passthrough.1,
+            Target::SentinelMemory => self.memory.1,
+            Target::SentinelRedis(_) => self.redis_proxy.1,
+        }
+    }
+
+    /// The gateway's pid (none for the direct path).
+    fn pid(&self, target: Target) -> Option<u32> {
+        match target {
+            Target::Direct => None,
+            Target::Passthrough => Some(self.passthrough.0.pid()),
+            Target::SentinelMemory => Some(self.memory.0.pid()),
+            Target::SentinelRedis(_) => Some(self.redis_proxy.0.pid()),
+        }
+    }
+}
+
+fn measure(
+    lab: &Lab,
+    options: &Options,
+    ticks: f64,
+    target: Target,
+    kind: Kind,
+    load: Load,
+) -> Result<Point, String> {
+    let url = format!("http://{}/v1/chat/completions", lab.addr(target));
+    let body = body(kind);
+    let headers: &[(&str, &str)] = match target {
+        Target::SentinelRedis(true) => &[SESSION],
+        _ => &[],
+    };
+    let mut request = oha::Request {
+        url: &url,
+        body: &body,
+        headers,
+        load,
+        duration: Duration::from_secs(options.warmup_seconds),
+    };
+    oha::run(&options.oha, &request)?;
+    request.duration = Duration::from_secs(options.seconds);
+
+    let pid = lab.pid(target);
+    let redis = matches!(target, Target::SentinelRedis(_));
+    let cpu_before = pid.map(|p| procfs::cpu_seconds(p, ticks)).transpose()?;
+    let redis_before = redis
+        .then(|| procfs::redis_commands(lab.redis_addr))
+        .transpose()?;
+    let outcome = oha::run(&options.oha, &request)?;
+    let cpu_after = pid.map(|p| procfs::cpu_seconds(p, ticks)).transpose()?;
+    let redis_after = redis
+        .then(|| procfs::redis_commands(lab.redis_addr))
+        .transpose()?;
+    if outcome.completed == 0 || outcome.not_ok > 0 {
+        return Err(format!(
+            "{} {} {}: {} responses, {} not 200",
+            target.label(),
+            kind.label(),
+            load.label(),
+            outcome.completed,
+            outcome.not_ok
+        ));
+    }
+    let per_request = |v: f64| v / outcome.completed as f64;
+    Ok(Point {
+        target,
+        kind,
+        load,
+        outcome,
+        cpu_us: cpu_before
+            .zip(cpu_after)
+            .map(|(b, a)| per_request((a - b) * 1e6)),
+        redis_per_request: redis_before
+            .zip(redis_after)
+            .map(|(b, a)| per_request(a.saturating_sub(b) as f64)),
+    })
+}
+
+/// Time to first byte, measured on one keep-alive connection, request after
+/// request.
+#[derive(Debug, Clone, Copy)]
+struct FirstByte {
+    /// Median time to the first body byte.
+    first_p50: f64,
+    /// Median time to the end of the body.
+    total_p50: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Sends `n` requests one after the other over one connection and times
+/// the first body byte and the end of each.
+async fn first_byte(
+    addr: SocketAddr,
+    body: &str,
+    extra: &[(&str, &str)],
+    n: usize,
+) -> Result<FirstByte, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake {addr}: {e}"))?;
+    tokio::spawn(connection);
+    let mut firsts = Vec::with_capacity(n);
+    let mut totals = Vec::with_capacity(n);
+    let body = Bytes::copy_from_slice(body.as_bytes());
+    for _ in 0..n {
+        let mut request = http::Request::post("/v1/chat/completions")
+            .header("host", addr.to_string())
+            .header("content-type", "application/json");
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(body.clone()))
+            .map_err(|e| e.to_string())?;
+        sender.ready().await.map_err(|e| format!("{addr}: {e}"))?;
+        let started = Instant::now();
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        if response.status() != http::StatusCode::OK {
+            return Err(format!("{addr}: status {}", response.status()));
+        }
+        let mut body = response.into_body();
+        let mut first = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("{addr}: {e}"))?;
+            if first.is_none() && frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                first = Some(started.elapsed().as_secs_f64());
+            }
+        }
+        let total = started.elapsed().as_secs_f64();
+        firsts.push(first.unwrap_or(total));
+        totals.push(total);
+    }
+    firsts.sort_by(f64::total_cmp);
+    totals.sort_by(f64::total_cmp);
+    Ok(FirstByte {
+        first_p50: percentile(&firsts, 0.5),
+        total_p50: percentile(&totals, 0.5),
+    })
+}
+
+struct Report {
+    text: String,
+}
+
+impl Report {
+    fn line(&mut self, line: impl AsRef<str>) {
+        println!("{}", line.as_ref());
+        self.text.push_str(line.as_ref());
+        self.text.push('\n');
+    }
+}
+
+fn us(seconds: f64) -> String {
+    format!("{:.0}", seconds * 1e6)
+}
+
+fn signed_us(seconds: f64) -> String {
+    format!("{:+.0}", seconds * 1e6)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    format!("{cores} cores, {cpu}, Linux {kernel}")
+}
+
+fn version(program: &Path) -> String {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "unknown version".into())
+}
+
+/// `key=value` pairs printed by `session-memory`.
+fn session_memory(binary: &Path, sessions: u64) -> Result<Vec<(String, String)>, String> {
+    let output = Command::new(binary)
+        .args(["--sessions", &sessions.to_string()])
+        .output()
+        .map_err(|e| format!("running {}: {e}", binary.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "session-memory failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
+
+/// Runs the whole benchmark.
+pub(crate) fn run(options: &Options) -> Result<(), String> {
+    let proxy = options
+        .proxy
+        .clone()
+        .or_else(|| crate::sibling("sentinel-proxy"))
+        .ok_or("cannot find sentinel-proxy: pass --proxy")?;
+    let session_binary = options
+        .session_memory
+        .clone()
+        .or_else(|| crate::sibling("session-memory"))
+        .ok_or("cannot find session-memory: pass --session-memory")?;
+    let ticks = procfs::clock_ticks();
+    let started = Instant::now();
+    let mut report = Report {
+        text: String::new(),
+    };
+    report.line(format!("machine: {}", machine()));
+    report.line(format!("load generator: {}", version(&options.oha)));
+    report.line(format!(
+        "each point: {} s warm-up, then {} s measured; the same ~1 KiB chat body everywhere",
+        options.warmup_seconds, options.seconds
+    ));
+
+    let lab = Lab::start(options, &proxy)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss = procfs::rss_bytes(lab.memory.0.pid())?;
+    let idle_rss_redis = procfs::rss_bytes(lab.redis_proxy.0.pid())?;
+    let passthrough_rss = procfs::rss_bytes(lab.passthrough.0.pid())?;
+
+    // Time to first byte, before the load runs heat anything up.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let mut ttfb = Vec::new();
+    for target in [Target::Direct, Target::Passthrough, Target::SentinelMemory] {
+        for kind in [Kind::Json, Kind::Sse] {
+            let addr = lab.addr(target);
+            let body = body(kind);
+            runtime.block_on(first_byte(addr, &body, &[], 200))?;
+            let measured = runtime.block_on(first_byte(addr, &body, &[], 2000))?;
+            ttfb.push((target, kind, measured));
+        }
+    }
+    // A slow stream: the first chunk must arrive long before the last.
+    let slow_delay_ms = 20;
+    let slow = runtime.block_on(first_byte(
+        lab.addr(Target::SentinelMemory),
+        &body(Kind::Sse),
+        &[(CHUNK_DELAY_HEADER, &slow_delay_ms.to_string())],
+        3,
+    ))?;
+
+    let loads = [Load::Closed(1), Load::Closed(16), Load::Rate(options.rate)];
+    let targets = [
+        Target::Direct,
+        Target::Passthrough,
+        Target::SentinelMemory,
+        Target::SentinelRedis(true),
+    ];
+    let mut points = Vec::new();
+    for kind in [Kind::Json, Kind::Sse] {
+        for load in loads {
+            for target in targets {
+                eprintln!(
+                    "[{:>3} s] {} {} {}",
+                    started.elapsed().as_secs(),
+                    target.label(),
+                    kind.label(),
+                    load.label()
+                );
+                points.push(measure(&lab, options, ticks, target, kind, load)?);
+            }
+        }
+    }
+    eprintln!(
+        "[{:>3} s] sentinel-redis without a session header",
+        started.elapsed().as_secs()
+    );
+    points.push(measure(
+        &lab,
+        options,
+        ticks,
+        Target::SentinelRedis(false),
+        Kind::Json,
+        Load::Closed(16),
+    )?);
+    let loaded_rss = procfs::rss_bytes(lab.memory.0.pid())?;
+    drop(lab);
+
+    eprintln!(
+        "[{:>3} s] session store memory",
+        started.elapsed().as_secs()
+    );
+    let sessions = session_memory(&session_binary, options.sessions)?;
+
+    // The table.
+    report.line("");
+    report.line("| target | body | load | req/s | p50 µs | p90 µs | p99 µs | p50 added vs direct µs | p99 added vs direct µs | gateway CPU µs/req | Redis cmds/req |");
+    report.line("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let find = |target: Target, kind: Kind, load: Load| {
+        points
+            .iter()
+            .find(|p| p.target == target && p.kind == kind && p.load == load)
+    };
+    for p in &points {
+        let direct = find(Target::Direct, p.kind, p.load).map(|d| d.outcome);
+        let added = |f: fn(&oha::Outcome) -> f64| {
+            direct.map_or("-".into(), |d| {
+                if p.target == Target::Direct {
+                    "-".into()
+                } else {
+                    signed_us(f(&p.outcome) - f(&d))
+                }
+            })
+        };
+        report.line(format!(
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            p.target.label(),
+            p.kind.label(),
+            p.load.label(),
+            p.outcome.requests_per_sec,
+            us(p.outcome.p50),
+            us(p.outcome.p90),
+            us(p.outcome.p99),
+            added(|o| o.p50),
+            added(|o| o.p99),
+            p.cpu_us.map_or("-".into(), |c| format!("{c:.1}")),
+            p.redis_per_request
+                .map_or("-".into(), |r| format!("{r:.3}")),
+        ));
+    }
+
+    report.line("");
+    report.line("| target | body | first byte p50 µs | whole answer p50 µs | first byte added vs direct µs |");
+    report.line("| --- | --- | ---: | ---: | ---: |");
+    let direct_ttfb = |kind: Kind| {
+        ttfb.iter()
+            .find(|(t, k, _)| *t == Target::Direct && *k == kind)
+            .map(|(_, _, m)| *m)
+    };
+    for (target, kind, m) in &ttfb {
+        let added = match (target, direct_ttfb(*kind)) {
+            (Target::Direct, _) | (_, None) => "-".into(),
+            (_, Some(d)) => signed_us(m.first_p50 - d.first_p50),
+        };
+        report.line(format!(
+            "| {} | {} | {} | {} | {} |",
+            target.label(),
+            kind.label(),
+            us(m.first_p50),
+            us(m.total_p50),
+            added
+        ));
+    }
+
+    // The targets.
+    let mut targets_text = String::new();
+    let mut verdict = |name: &str, measured: String, goal: &str, met: Option<bool>| {
+        let met = match met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "n/a",
+        };
+        let _ = writeln!(targets_text, "| {name} | {measured} | {goal} | {met} |");
+    };
+    for kind in [Kind::Json, Kind::Sse] {
+        for load in loads {
+            let ratio = find(Target::SentinelMemory, kind, load)
+                .and_then(|s| s.cpu_us)
+                .zip(find(Target::Passthrough, kind, load).and_then(|p| p.cpu_us))
+                .map(|(s, p)| (s, p, s / p));
+            if let Some((s, p, r)) = ratio {
+                verdict(
+                    &format!(
+                        "CPU/request vs pass-through, {}, {}",
+                        kind.label(),
+                        load.label()
+                    ),
+                    format!("{s:.1} µs vs {p:.1} µs = {r:.2}x"),
+                    "≤ 1.5x",
+                    Some(r <= 1.5),
+                );
+            }
+        }
+    }
+    for kind in [Kind::Json, Kind::Sse] {
+        let added = find(Target::SentinelMemory, kind, Load::Closed(1))
+            .zip(find(Target::Passthrough, kind, Load::Closed(1)))
+            .map(|(s, p)| s.outcome.p50 - p.outcome.p50);
+        if let Some(a) = added {
+            verdict(
+                &format!("p50 added over pass-through, 1 conn, {}", kind.label()),
+                format!("{} µs", signed_us(a)),
+                "≤ 50 µs",
+                Some(a <= 50e-6),
+            );
+        }
+    }
+    for kind in [Kind::Json, Kind::Sse] {
+        let added = find(Target::SentinelMemory, kind, Load::Rate(options.rate))
+            .zip(find(Target::Direct, kind, Load::Rate(options.rate)))
+            .map(|(s, d)| s.outcome.p99 - d.outcome.p99);
+        if let Some(a) = added {
+            verdict(
+                &format!(
+                    "p99 added over direct, {} req/s, {}",
+                    options.rate,
+                    kind.label()
+                ),
+                format!("{} µs", signed_us(a)),
+                "< 1000 µs",
+                Some(a < 1e-3),
+            );
+        }
+    }
+    let redis_rates: Vec<f64> = points
+        .iter()
+        .filter(|p| p.target == Target::SentinelRedis(true))
+        .filter_map(|p| p.redis_per_request)
+        .collect();
+    if let (Some(min), Some(max)) = (
+        redis_rates.iter().copied().reduce(f64::min),
+        redis_rates.iter().copied().reduce(f64::max),
+    ) {
+        verdict(
+            "Redis commands per request with a session header",
+            format!("{min:.3} to {max:.3}"),
+            "1 (one round trip)",
+            Some(min >= 0.99 && max <= 1.01),
+        );
+    }
+    if let Some(r) = find(Target::SentinelRedis(false), Kind::Json, Load::Closed(16))
+        .and_then(|p| p.redis_per_request)
+    {
+        verdict(
+            "Redis commands per request without a session header",
+            format!("{r:.4}"),
+            "0 (background breaker sync only)",
+            Some(r < 0.01),
+        );
+    }
+    let ttfb_added = |target: Target, kind: Kind| {
+        ttfb.iter()
+            .find(|(t, k, _)| *t == target && *k == kind)
+            .zip(direct_ttfb(kind))
+            .map(|((_, _, m), d)| (m.first_p50 - d.first_p50, m.total_p50 - d.total_p50))
+    };
+    if let (Some((sse_first, _)), Some((_, json_total))) = (
+        ttfb_added(Target::SentinelMemory, Kind::Sse),
+        ttfb_added(Target::SentinelMemory, Kind::Json),
+    ) {
+        verdict(
+            "streaming first byte added vs non-streaming answer added",
+            format!(
+                "{} µs vs {} µs",
+                signed_us(sse_first),
+                signed_us(json_total)
+            ),
+            "streaming ≤ non-streaming",
+            Some(sse_first <= json_total),
+        );
+    }
+    let slow_last = (CONTENT_CHUNKS + 2) as f64 * slow_delay_ms as f64 / 1000.0;
+    verdict(
+        &format!("slow stream ({slow_delay_ms} ms between chunks): first chunk at"),
+        format!(
+            "{:.1} ms, whole answer at {:.1} ms",
+            slow.first_p50 * 1e3,
+            slow.total_p50 * 1e3
+        ),
+        &format!(
+            "before the upstream's last chunk (≥ {:.0} ms)",
+            slow_last * 1e3
+        ),
+        Some(slow.first_p50 < slow_last && slow.total_p50 >= slow_last),
+    );
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    verdict(
+        "idle RSS, sentinel-proxy (memory backends)",
+        format!(
+            "{:.1} MiB (Redis backends {:.1} MiB; pass-through {:.1} MiB; memory backends after the load {:.1} MiB)",
+            mib(idle_rss),
+            mib(idle_rss_redis),
+            mib(passthrough_rss),
+            mib(loaded_rss)
+        ),
+        "< 50 MiB",
+        Some(mib(idle_rss) < 50.0),
+    );
+    let get = |key: &str| {
+        sessions
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let per_session = get("heap_bytes_per_session").and_then(|v| v.parse::<f64>().ok());
+    verdict(
+        &format!(
+            "memory session store, {} sessions: heap bytes per session",
+            options.sessions
+        ),
+        format!(
+            "{} (RSS growth per session {})",
+            per_session.map_or("?".into(), |b| format!("{b:.1}")),
+            get("rss_bytes_per_session").unwrap_or_else(|| "?".into())
+        ),
+        "< 200",
+        per_session.map(|b| b < 200.0),
+    );
+    let bounded = get("bounded").map(|b| b == "true");
+    verdict(
+        "memory session store: bounded by its capacity",
+        format!(
+            "{} sessions held after {} inserted; heap after the overflow {} bytes per capacity slot",
+            get("held_after_overflow").unwrap_or_else(|| "?".into()),
+            get("inserted").unwrap_or_else(|| "?".into()),
+            get("heap_bytes_per_slot_after_overflow").unwrap_or_else(|| "?".into())
+        ),
+        "never more than the capacity",
+        bounded,
+    );
+
+    report.line("");
+    report.line("| target | measured | goal | verdict |");
+    report.line("| --- | --- | --- | --- |");
+    for line in targets_text.lines() {
+        report.line(line);
+    }
+    report.line("");
+    report.line(format!(
+        "whole run: {} s (without the release build)",
+        started.elapsed().as_secs()
+    ));
+    if let Some(out) = &options.out {
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::write(out, &report.text).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    Ok(())
+}
