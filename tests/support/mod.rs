@@ -76,7 +76,7 @@ impl Env {
 
 /// A plain HTTP client for loopback (ring passed explicitly).
 pub(crate) fn http_client() -> reqwest::Client {
-    sentinel_proxy::upstream::http_client(Duration::from_secs(5)).expect("an HTTP client")
+    sentinel_zion::http_client(Duration::from_secs(5)).expect("an HTTP client")
 }
 
 /// A proxy running in-process on a free loopback port.

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use sentinel_core::Tier;
 use serde::de::{self, Deserializer as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -33,7 +33,9 @@ const MAX_SESSION_LEN: usize = 128;
 /// and appear once; anything else is `invalid_session`. The message never
 /// echoes the bad value.
 pub(crate) fn session_id(headers: &HeaderMap) -> Result<Option<String>, SentinelError> {
-    let mut values = headers.get_all(SESSION_HEADER).iter();
+    let mut values = headers
+        .get_all(const { HeaderName::from_static(SESSION_HEADER) })
+        .iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
@@ -75,7 +77,9 @@ fn invalid_session(problem: &str) -> SentinelError {
 /// lowercase; otherwise, or when it is not UTF-8 or the header appears more
 /// than once, `invalid_tier` with the valid names listed.
 pub(crate) fn header_tier(headers: &HeaderMap) -> Result<Option<Tier>, SentinelError> {
-    let mut values = headers.get_all(TIER_HEADER).iter();
+    let mut values = headers
+        .get_all(const { HeaderName::from_static(TIER_HEADER) })
+        .iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };

@@ -129,8 +129,8 @@ impl<B, ResBody> Policy<Request<RoutedBody<B>>, Response<ResponseBody<ResBody>>,
                 ::metrics::counter!(m::RETRIES, "tier" => retry.tier.as_str()).increment(1);
                 ::metrics::counter!(m::SELECTIONS,
                     "tier" => retry.tier.as_str(),
-                    "model" => retry.model.to_string(),
-                    "provider" => retry.provider.to_string(),
+                    "model" => retry.model.clone(),
+                    "provider" => retry.provider.clone(),
                     "reason" => SelectionReason::Retry.as_str())
                 .increment(1);
                 tracing::info!(tier = %retry.tier, from = %decision.model, to = %retry.model, "retrying on the next model");

@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use http::Request;
+use http_body_util::Full;
 use sentinel_core::{StaticConfig, TierConfigSource};
 use sentinel_layer::health::{HealthChecks, HealthClient, HealthFuture, HealthTarget};
 use sentinel_layer::{MemorySessionStore, RedisSessionStore, TierRoutingLayer};
@@ -50,7 +51,7 @@ use tower::Layer;
 pub use server::REQUEST_ID;
 use settings::Settings;
 use source::KnownProviders;
-use upstream::{Timeouts, Upstream};
+use upstream::{Timeouts, Upstream, UpstreamClient};
 
 /// The proxy could not start; the message names the cause and no secret.
 #[derive(Debug)]
@@ -68,18 +69,14 @@ fn fail(context: &str, e: impl fmt::Display) -> StartError {
     StartError(format!("{context}: {e}"))
 }
 
-/// Health probes through the proxy's HTTP client.
-struct ReqwestProbe(reqwest::Client);
+/// Health probes through the proxy's upstream client.
+struct UpstreamProbe(UpstreamClient);
 
-impl HealthClient for ReqwestProbe {
+impl HealthClient for UpstreamProbe {
     fn get(&self, request: Request<()>) -> HealthFuture {
         let client = self.0.clone();
         Box::pin(async move {
-            let (parts, ()) = request.into_parts();
-            let url = reqwest::Url::parse(&parts.uri.to_string())?;
-            let mut probe = reqwest::Request::new(reqwest::Method::GET, url);
-            *probe.headers_mut() = parts.headers;
-            let response = client.execute(probe).await?;
+            let response = client.request(request.map(|()| Full::default())).await?;
             Ok(response.status())
         })
     }
@@ -137,8 +134,8 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
         }
     }
     let prometheus = metrics::prometheus();
-    let client =
-        upstream::http_client(settings.connect_timeout).map_err(|e| fail("upstream client", e))?;
+    let client = upstream::upstream_client(settings.connect_timeout)
+        .map_err(|e| fail("upstream client", e))?;
 
     let pool = match &settings.redis_url {
         Some(url) => Some(
@@ -155,7 +152,7 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
             if let Some(key) = &settings.zion_api_key {
                 zion_settings = zion_settings.api_key(key.expose());
             }
-            let zion_http = upstream::http_client(ZionSettings::DEFAULT_CONNECT_TIMEOUT)
+            let zion_http = sentinel_zion::http_client(ZionSettings::DEFAULT_CONNECT_TIMEOUT)
                 .map_err(|e| fail("Zion client", e))?;
             let zion = ZionClient::with_http_client(zion_http, zion_settings)
                 .map_err(|e| fail("ZION_URL", e))?;
@@ -200,7 +197,7 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
                     .map_err(|e| fail("providers", e))?,
             );
         }
-        let checks = HealthChecks::new(targets, ReqwestProbe(client.clone()))
+        let checks = HealthChecks::new(targets, UpstreamProbe(client.clone()))
             .interval(settings.health.interval)
             .timeout(settings.health.timeout)
             .path(settings.health.path.clone());

@@ -9,7 +9,7 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sentinel_core::{Tier, TierConfigSource};
 use sentinel_layer::{ErrorCode, RoutingDecision, SentinelError, TierRouting, UpstreamError};
@@ -163,6 +163,11 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
     response
 }
 
+/// The request-id header, parsed once.
+const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
+const TIER_NAME: HeaderName = HeaderName::from_static(sentinel_layer::TIER_HEADER);
+const MODEL_NAME: HeaderName = HeaderName::from_static(sentinel_layer::MODEL_HEADER);
+
 /// A client's request id when it is sane: 1 to 128 of `A-Z a-z 0-9 . _ : -`.
 fn sane_request_id(value: &HeaderValue) -> Option<&str> {
     let s = value.to_str().ok()?;
@@ -172,46 +177,53 @@ fn sane_request_id(value: &HeaderValue) -> Option<&str> {
     ok.then_some(s)
 }
 
-fn new_request_id() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+/// A new request id: 32 random hex digits.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random = u128::from(fastrand::u64(..)) << 64 | u128::from(fastrand::u64(..));
+    let mut id = [0u8; 32];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((random >> (4 * (31 - i))) & 0xf) as usize];
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// Sets `X-Request-Id` on every response and logs each request once.
 async fn access_log(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id = request
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(sane_request_id)
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id);
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        request.headers_mut().insert(REQUEST_ID, value);
-    }
+    let id = match request.headers().get(REQUEST_ID_NAME) {
+        Some(v) if sane_request_id(v).is_some() => v.clone(),
+        _ => {
+            let id = new_request_id();
+            request.headers_mut().insert(REQUEST_ID_NAME, id.clone());
+            id
+        }
+    };
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let uri = request.uri().clone();
     let mut response = next.run(request).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
+    response.headers_mut().insert(REQUEST_ID_NAME, id.clone());
     let status = response.status();
-    let decision = response.extensions().get::<RoutingDecision>();
-    let header = |name: &str| {
+    let header = |name: HeaderName| {
         response
             .headers()
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
-            .to_owned()
     };
+    let attempts = response
+        .extensions()
+        .get::<RoutingDecision>()
+        .map_or(0, |d| d.attempt);
     tracing::info!(
-        request_id = %id,
-        method = %method,
-        path = %path,
+        request_id = id.to_str().unwrap_or("-"),
+        method = method.as_str(),
+        path = uri.path(),
         status = status.as_u16(),
-        tier = %header("x-sentinel-tier"),
-        model = %header("x-sentinel-model"),
-        attempts = decision.map_or(0, |d| d.attempt),
+        tier = header(TIER_NAME),
+        model = header(MODEL_NAME),
+        attempts,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
@@ -239,7 +251,9 @@ mod tests {
             sane_request_id(&HeaderValue::from_str(&long).unwrap()),
             None
         );
-        assert_eq!(new_request_id().len(), 32);
-        assert_ne!(new_request_id(), new_request_id());
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert!(sane_request_id(&id).is_some());
+        assert_ne!(id, new_request_id());
     }
 }

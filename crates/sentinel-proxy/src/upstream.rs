@@ -19,26 +19,56 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
+use http::{HeaderName, HeaderValue, Request, Response, Uri, header};
 use http_body::Frame;
-use http_body_util::BodyExt;
-use sentinel_core::{Pricing, TierConfigSource};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use metrics::Counter;
+use sentinel_core::{Pricing, Tier, TierConfigSource};
 use sentinel_layer::{ErrorCode, RoutedBody, RoutingDecision, SentinelError, UpstreamError};
-use tokio::time::Sleep;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use crate::metrics as m;
 use crate::settings::Provider;
 
-pub use sentinel_zion::http_client;
+/// The upstream HTTP client: hyper's pooled client over rustls
+/// ([`sentinel_zion::tls_config`]: webpki roots, `ring` passed explicitly),
+/// HTTP/1.1 and HTTP/2 by ALPN, plain HTTP allowed (local providers).
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Builds the [`UpstreamClient`]: TCP connects time out after
+/// `connect_timeout`; idle pooled connections close after 90 s.
+pub fn upstream_client(connect_timeout: Duration) -> Result<UpstreamClient, String> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(sentinel_zion::tls_config()?)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https))
+}
 
 struct Target {
+    /// The base URL without its trailing `/`.
     base_url: String,
     authorization: Option<HeaderValue>,
 }
@@ -55,10 +85,11 @@ pub struct Timeouts {
 /// Forwards routed requests to providers.
 #[derive(Clone)]
 pub struct Upstream {
-    client: reqwest::Client,
+    client: UpstreamClient,
     targets: Arc<HashMap<String, Target>>,
     timeouts: Timeouts,
     config: Arc<dyn TierConfigSource>,
+    counters: Arc<UsageCounterCache>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -73,7 +104,7 @@ impl Upstream {
     /// Forwards through `client` to `providers`; `config` gives the prices
     /// for cost metrics.
     pub fn new(
-        client: reqwest::Client,
+        client: UpstreamClient,
         providers: impl IntoIterator<Item = Provider>,
         timeouts: Timeouts,
         config: Arc<dyn TierConfigSource>,
@@ -103,49 +134,46 @@ impl Upstream {
             targets: Arc::new(targets),
             timeouts,
             config,
+            counters: Arc::default(),
         })
     }
 }
 
-/// Request headers that never go upstream.
-fn dropped_request_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "authorization"
-            | "openai-organization"
-            | "openai-project"
-            | "host"
-            | "content-length"
-            | "accept-encoding"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "x-sentinel-tier"
-            | "x-sentinel-session"
-    )
-}
+/// Request headers that never go upstream: the client's credentials and
+/// account, hop-by-hop headers, what the client's body had (the body is
+/// rewritten), and Sentinel's own.
+const DROPPED_REQUEST_HEADERS: [HeaderName; 16] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::ACCEPT_ENCODING,
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("x-sentinel-tier"),
+    HeaderName::from_static("x-sentinel-session"),
+];
 
 /// Response headers that are the connection's, not the response's, or
 /// that name the provider account behind Sentinel.
-fn dropped_response_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "openai-organization"
-            | "openai-project"
-    )
-}
+const DROPPED_RESPONSE_HEADERS: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+];
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -180,24 +208,23 @@ impl Upstream {
                 decision.provider
             )));
         };
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let path = parts.uri.path();
         let rest = path.strip_prefix("/v1").unwrap_or(path);
-        let query = parts
-            .uri
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
-        let url = format!("{}{rest}{query}", target.base_url);
-        let Ok(url) = url.parse::<reqwest::Url>() else {
+        let url = match parts.uri.query() {
+            Some(query) => format!("{}{rest}?{query}", target.base_url),
+            None => format!("{}{rest}", target.base_url),
+        };
+        let Ok(uri) = Uri::try_from(url) else {
             return Err(UpstreamError::other("the upstream URL is invalid"));
         };
+        // Streaming chat completions: ask for the usage chunk so costs can be
+        // counted, and hide it from a client that did not ask for it.
+        let chat = rest.ends_with("/chat/completions");
 
-        let mut headers = HeaderMap::new();
-        for (name, value) in &parts.headers {
-            if !dropped_request_header(name) {
-                headers.append(name.clone(), value.clone());
-            }
+        let mut headers = std::mem::take(&mut parts.headers);
+        for name in &DROPPED_REQUEST_HEADERS {
+            headers.remove(name);
         }
         if let Some(auth) = &target.authorization {
             headers.insert(header::AUTHORIZATION, auth.clone());
@@ -211,20 +238,19 @@ impl Upstream {
             .await
             .map_err(|e| UpstreamError::other(e.into_inner()))?
             .to_bytes();
-        // Streaming chat completions: ask for the usage chunk so costs can be
-        // counted, and hide it from a client that did not ask for it.
-        let (bytes, hide_usage) = if decision.stream && rest.ends_with("/chat/completions") {
+        let (bytes, hide_usage) = if decision.stream && chat {
             with_include_usage(bytes)
         } else {
             (bytes, false)
         };
 
-        let mut request = reqwest::Request::new(parts.method, url);
+        let mut request = Request::new(Full::new(bytes));
+        *request.method_mut() = parts.method;
+        *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        *request.body_mut() = Some(reqwest::Body::from(bytes));
 
         let sent =
-            tokio::time::timeout(self.timeouts.first_byte, self.client.execute(request)).await;
+            tokio::time::timeout(self.timeouts.first_byte, self.client.request(request)).await;
         let response = match sent {
             Err(_) => {
                 return Err(UpstreamError::timeout(
@@ -232,34 +258,33 @@ impl Upstream {
                 ));
             }
             Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::connect(e)),
-            Ok(Err(e)) if e.is_timeout() => return Err(UpstreamError::timeout(e)),
             Ok(Err(e)) => return Err(UpstreamError::other(e)),
             Ok(Ok(response)) => response,
         };
 
-        let response: Response<reqwest::Body> = response.into();
         let (mut parts, body) = response.into_parts();
-        let mut kept = HeaderMap::with_capacity(parts.headers.len());
-        for (name, value) in &parts.headers {
-            if !dropped_response_header(name) {
-                kept.append(name.clone(), value.clone());
-            }
+        for name in &DROPPED_RESPONSE_HEADERS {
+            parts.headers.remove(name);
         }
-        parts.headers = kept;
         let sse = parts
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
-        let pricing = self.pricing(&decision);
-        let usage = parts
-            .status
-            .is_success()
-            .then(|| Usage::new(&decision, pricing, sse));
+        let usage = parts.status.is_success().then(|| Usage {
+            counters: self.counters.get(&decision),
+            pricing: self.pricing(&decision),
+            sse,
+            buffer: BytesMut::new(),
+            overflow: false,
+            found: None,
+            finished: false,
+        });
         let body = UpstreamBody {
             inner: body,
             idle: Box::pin(tokio::time::sleep(self.timeouts.stream_idle)),
             idle_timeout: self.timeouts.stream_idle,
+            last_data: Instant::now(),
             sse,
             done: false,
             usage,
@@ -277,16 +302,69 @@ impl Upstream {
     }
 }
 
+/// The usage counters of one (tier, provider, model), registered once.
+struct UsageCounters {
+    input: Counter,
+    output: Counter,
+    cost: Counter,
+    missing: Counter,
+}
+
+/// [`UsageCounters`] by (tier, provider, model): counter handles are looked
+/// up once per model instead of once per response (a registry lookup with
+/// freshly allocated labels each time). It holds one entry per model the
+/// tier configs have named, as the metrics registry itself does.
+#[derive(Default)]
+struct UsageCounterCache(RwLock<HashMap<ModelKey, Arc<UsageCounters>>>);
+
+/// Tier, provider, model.
+type ModelKey = (Tier, Arc<str>, Arc<str>);
+
+impl UsageCounterCache {
+    fn get(&self, decision: &RoutingDecision) -> Arc<UsageCounters> {
+        let key = (
+            decision.tier,
+            decision.provider.clone(),
+            decision.model.clone(),
+        );
+        if let Some(counters) = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return counters.clone();
+        }
+        let labels = [
+            ("tier", decision.tier.as_str().to_owned()),
+            ("model", decision.model.to_string()),
+            ("provider", decision.provider.to_string()),
+        ];
+        let kind = |kind: &'static str| [&labels[..], &[("kind", kind.to_owned())]].concat();
+        let counters = Arc::new(UsageCounters {
+            input: ::metrics::counter!(m::TOKENS, &kind("input")),
+            output: ::metrics::counter!(m::TOKENS, &kind("output")),
+            cost: ::metrics::counter!(m::COST_MICRO_USD, &labels),
+            missing: ::metrics::counter!(m::USAGE_MISSING, &labels),
+        });
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_insert(counters)
+            .clone()
+    }
+}
+
 /// Largest non-streaming body kept for reading `usage`.
 const USAGE_BODY_CAP: usize = 4 << 20;
 
 /// Token usage read from a response, recorded when the body ends.
 struct Usage {
-    tier: &'static str,
-    model: String,
-    provider: String,
+    counters: Arc<UsageCounters>,
     pricing: Option<Pricing>,
     sse: bool,
+    /// Non-streaming: the body so far. SSE: the incomplete last line.
     buffer: BytesMut,
     overflow: bool,
     found: Option<(u64, u64)>,
@@ -294,20 +372,6 @@ struct Usage {
 }
 
 impl Usage {
-    fn new(decision: &RoutingDecision, pricing: Option<Pricing>, sse: bool) -> Self {
-        Usage {
-            tier: decision.tier.as_str(),
-            model: decision.model.to_string(),
-            provider: decision.provider.to_string(),
-            pricing,
-            sse,
-            buffer: BytesMut::new(),
-            overflow: false,
-            found: None,
-            finished: false,
-        }
-    }
-
     /// Drops the usage of a body that broke: nothing is recorded.
     fn abandon(&mut self) {
         self.finished = true;
@@ -315,24 +379,52 @@ impl Usage {
 
     fn feed(&mut self, data: &Bytes) {
         if self.sse {
-            self.buffer.extend_from_slice(data);
-            while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-                let line = self.buffer.split_to(end + 1);
-                if let Some(payload) = line.strip_prefix(b"data:")
-                    && let Some(found) = usage_in_event(payload)
-                {
-                    self.found = Some(found);
-                }
-            }
-            if self.buffer.len() > USAGE_BODY_CAP {
-                self.buffer.clear();
-            }
+            self.feed_sse(data);
         } else if !self.overflow {
             if self.buffer.len() + data.len() > USAGE_BODY_CAP {
                 self.overflow = true;
                 self.buffer = BytesMut::new();
             } else {
                 self.buffer.extend_from_slice(data);
+            }
+        }
+    }
+
+    /// Reads the whole lines of an SSE stream in place; only an incomplete
+    /// last line is copied, to be completed by the next frame.
+    fn feed_sse(&mut self, data: &[u8]) {
+        let Some(last_newline) = data.iter().rposition(|&b| b == b'\n') else {
+            self.carry(data);
+            return;
+        };
+        let (lines, rest) = data.split_at(last_newline + 1);
+        if self.buffer.is_empty() {
+            self.scan_lines(lines);
+        } else {
+            self.buffer.extend_from_slice(lines);
+            let carried = std::mem::take(&mut self.buffer);
+            self.scan_lines(&carried);
+        }
+        self.carry(rest);
+    }
+
+    fn carry(&mut self, partial: &[u8]) {
+        if self.buffer.len() + partial.len() > USAGE_BODY_CAP {
+            self.buffer.clear();
+        } else {
+            self.buffer.extend_from_slice(partial);
+        }
+    }
+
+    fn scan_lines(&mut self, lines: &[u8]) {
+        if !contains(lines, b"\"usage\"") {
+            return;
+        }
+        for line in lines.split(|&b| b == b'\n') {
+            if let Some(payload) = line.strip_prefix(b"data:")
+                && let Some(found) = usage_in_event(payload)
+            {
+                self.found = Some(found);
             }
         }
     }
@@ -344,33 +436,17 @@ impl Usage {
             return;
         }
         if !self.sse && !self.overflow {
-            self.found = serde_json::from_slice::<serde_json::Value>(&self.buffer)
-                .ok()
-                .and_then(|v| usage_of(&v));
+            self.found = usage_of(&self.buffer);
         }
         let Some((input, output)) = self.found else {
-            ::metrics::counter!(m::USAGE_MISSING, "tier" => self.tier, "model" => self.model.clone(), "provider" => self.provider.clone())
-                .increment(1);
+            self.counters.missing.increment(1);
             return;
         };
-        let labels = [
-            ("tier", self.tier.to_owned()),
-            ("model", self.model.clone()),
-            ("provider", self.provider.clone()),
-        ];
-        ::metrics::counter!(
-            m::TOKENS,
-            &[&labels[..], &[("kind", "input".to_owned())]].concat()
-        )
-        .increment(input);
-        ::metrics::counter!(
-            m::TOKENS,
-            &[&labels[..], &[("kind", "output".to_owned())]].concat()
-        )
-        .increment(output);
+        self.counters.input.increment(input);
+        self.counters.output.increment(output);
         if let Some(p) = self.pricing {
             let micro = (p.cost_usd(input, output) * 1_000_000.0).round() as u64;
-            ::metrics::counter!(m::COST_MICRO_USD, &labels).increment(micro);
+            self.counters.cost.increment(micro);
         }
     }
 }
@@ -381,36 +457,53 @@ impl Drop for Usage {
     }
 }
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The parts of a response (or of an SSE event) that carry usage; every
+/// other member is skipped without building a tree.
+#[derive(Deserialize)]
+struct UsageDocument {
+    usage: Option<TokenUsage>,
+    /// The Responses API's `response.completed` event.
+    response: Option<ResponseDocument>,
+}
+
+#[derive(Deserialize)]
+struct ResponseDocument {
+    usage: Option<TokenUsage>,
+}
+
+#[derive(Deserialize)]
+struct TokenUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
 /// `(input, output)` tokens of a usage object: chat completions
 /// (`prompt_tokens`, `completion_tokens`) or responses (`input_tokens`,
 /// `output_tokens`), at the top level or under `response` (the Responses
 /// API's `response.completed` event).
-fn usage_of(value: &serde_json::Value) -> Option<(u64, u64)> {
-    let usage = value.get("usage").filter(|u| u.is_object()).or_else(|| {
-        value
-            .get("response")?
-            .get("usage")
-            .filter(|u| u.is_object())
-    })?;
-    let get = |a: &str, b: &str| {
-        usage
-            .get(a)
-            .or_else(|| usage.get(b))
-            .and_then(|v| v.as_u64())
-    };
+fn usage_of(json: &[u8]) -> Option<(u64, u64)> {
+    let document: UsageDocument = serde_json::from_slice(json).ok()?;
+    let usage = document
+        .usage
+        .or_else(|| document.response.and_then(|r| r.usage))?;
     Some((
-        get("prompt_tokens", "input_tokens")?,
-        get("completion_tokens", "output_tokens")?,
+        usage.prompt_tokens.or(usage.input_tokens)?,
+        usage.completion_tokens.or(usage.output_tokens)?,
     ))
 }
 
 fn usage_in_event(payload: &[u8]) -> Option<(u64, u64)> {
     // Only events that mention usage are parsed.
-    if !payload.windows(7).any(|w| w == b"\"usage\"") {
+    if !contains(payload, b"\"usage\"") {
         return None;
     }
-    let value: serde_json::Value = serde_json::from_slice(payload.trim_ascii()).ok()?;
-    usage_of(&value)
+    usage_of(payload.trim_ascii())
 }
 
 pin_project_lite::pin_project! {
@@ -418,9 +511,12 @@ pin_project_lite::pin_project! {
     /// read on the way, and an SSE error event when a stream breaks.
     struct UpstreamBody {
         #[pin]
-        inner: reqwest::Body,
+        inner: Incoming,
+        // Fires at the latest `idle_timeout` after `last_data`; it is not
+        // reset on every frame, only moved on when it fires early.
         idle: Pin<Box<Sleep>>,
         idle_timeout: Duration,
+        last_data: Instant,
         sse: bool,
         done: bool,
         usage: Option<Usage>,
@@ -430,10 +526,54 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// Whether a member is present, whatever its value (even `null`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
+}
+
 /// Adds `"stream_options":{"include_usage":true}` to a streaming chat
 /// request that does not ask for usage; says whether it did (then the
 /// usage-only chunk is hidden from the client).
+///
+/// The common case, a body without `stream_options`, is spliced: the member
+/// goes in before the closing brace, and nothing else is parsed into a tree
+/// or written again.
 fn with_include_usage(body: Bytes) -> (Bytes, bool) {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default, deserialize_with = "present")]
+        stream_options: bool,
+    }
+    match serde_json::from_slice::<Probe>(&body) {
+        Ok(Probe {
+            stream_options: false,
+        }) => splice_include_usage(body),
+        Ok(Probe {
+            stream_options: true,
+        }) => merge_include_usage(body),
+        Err(_) => (body, false),
+    }
+}
+
+/// Appends the member to a JSON object known to lack `stream_options`.
+fn splice_include_usage(body: Bytes) -> (Bytes, bool) {
+    const MEMBER: &[u8] = br#""stream_options":{"include_usage":true}}"#;
+    let Some(close) = body.iter().rposition(|&b| b == b'}') else {
+        return (body, false);
+    };
+    let head = &body[..close];
+    let empty = head.trim_ascii_end().ends_with(b"{");
+    let mut out = Vec::with_capacity(head.len() + MEMBER.len() + 1);
+    out.extend_from_slice(head);
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(MEMBER);
+    (Bytes::from(out), true)
+}
+
+/// Sets `include_usage` inside an existing `stream_options`.
+fn merge_include_usage(body: Bytes) -> (Bytes, bool) {
     let Ok(mut value) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
     else {
         return (body, false);
@@ -441,6 +581,9 @@ fn with_include_usage(body: Bytes) -> (Bytes, bool) {
     let options = value
         .entry("stream_options")
         .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    if options.is_null() {
+        *options = serde_json::Value::Object(serde_json::Map::new());
+    }
     let Some(options) = options.as_object_mut() else {
         return (body, false);
     };
@@ -516,11 +659,10 @@ impl http_body::Body for UpstreamBody {
         if *this.done {
             return Poll::Ready(None);
         }
-        let failure: &'static str = loop {
+        let failure: &'static str = 'read: loop {
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = tokio::time::Instant::now() + *this.idle_timeout;
-                    this.idle.as_mut().reset(deadline);
+                    *this.last_data = Instant::now();
                     let Some(data) = frame.data_ref() else {
                         return Poll::Ready(Some(Ok(frame)));
                     };
@@ -530,6 +672,13 @@ impl http_body::Body for UpstreamBody {
                     let Some(pending) = this.hidden.as_mut() else {
                         return Poll::Ready(Some(Ok(frame)));
                     };
+                    // Whole events without usage pass as they are.
+                    if pending.is_empty()
+                        && data.ends_with(b"\n\n")
+                        && !contains(data, b"\"usage\"")
+                    {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
                     pending.extend_from_slice(data);
                     let out = whole_events_without_usage(pending);
                     if out.is_empty() {
@@ -549,9 +698,19 @@ impl http_body::Body for UpstreamBody {
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(_))) => break "broken",
-                Poll::Pending => match this.idle.as_mut().poll(cx) {
-                    Poll::Ready(()) => break "idle_timeout",
-                    Poll::Pending => return Poll::Pending,
+                Poll::Pending => loop {
+                    match this.idle.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(()) => {
+                            // Armed before the last frame came: move it on
+                            // to `idle_timeout` after that frame.
+                            let deadline = *this.last_data + *this.idle_timeout;
+                            if Instant::now() >= deadline {
+                                break 'read "idle_timeout";
+                            }
+                            this.idle.as_mut().reset(deadline);
+                        }
+                    }
                 },
             }
         };
@@ -593,7 +752,62 @@ mod tests {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         assert!(!config.crypto_provider().cipher_suites.is_empty());
-        assert!(http_client(Duration::from_secs(1)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_upstream_client_builds() {
+        assert!(upstream_client(Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn include_usage_is_spliced_into_objects_of_any_shape() {
+        for (body, expected) in [
+            (r#"{"stream":true}"#, serde_json::json!({ "stream": true })),
+            ("{ }", serde_json::json!({})),
+            (
+                "{\"a\":[1,{\"b\":\"}\"}]}\n",
+                serde_json::json!({ "a": [1, { "b": "}" }] }),
+            ),
+        ] {
+            let (out, added) = with_include_usage(Bytes::from(body));
+            assert!(added, "{body}");
+            let mut v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let options = v.as_object_mut().unwrap().remove("stream_options");
+            assert_eq!(options, Some(serde_json::json!({ "include_usage": true })));
+            assert_eq!(v, expected);
+        }
+        // `null` options are replaced, not duplicated.
+        let (out, added) = with_include_usage(Bytes::from(r#"{"stream_options":null}"#));
+        assert!(added);
+        assert_eq!(&out[..], br#"{"stream_options":{"include_usage":true}}"#);
+        // Not an object: left alone.
+        let list = Bytes::from("[1]");
+        assert_eq!(with_include_usage(list.clone()), (list, false));
+    }
+
+    #[test]
+    fn usage_is_found_in_sse_lines_split_anywhere() {
+        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":6}}\n\ndata: [DONE]\n\n";
+        for split in 0..stream.len() {
+            let mut usage = Usage {
+                counters: Arc::new(UsageCounters {
+                    input: Counter::noop(),
+                    output: Counter::noop(),
+                    cost: Counter::noop(),
+                    missing: Counter::noop(),
+                }),
+                pricing: None,
+                sse: true,
+                buffer: BytesMut::new(),
+                overflow: false,
+                found: None,
+                finished: false,
+            };
+            usage.feed(&Bytes::copy_from_slice(&stream.as_bytes()[..split]));
+            usage.feed(&Bytes::copy_from_slice(&stream.as_bytes()[split..]));
+            assert_eq!(usage.found, Some((4, 6)), "split at {split}");
+            usage.abandon();
+        }
     }
 
     #[test]
@@ -632,13 +846,15 @@ mod tests {
 
     #[test]
     fn usage_is_read_from_chat_and_responses_shapes() {
-        let chat = serde_json::json!({ "usage": { "prompt_tokens": 10, "completion_tokens": 5 } });
-        assert_eq!(usage_of(&chat), Some((10, 5)));
-        let responses = serde_json::json!({ "usage": { "input_tokens": 7, "output_tokens": 3 } });
-        assert_eq!(usage_of(&responses), Some((7, 3)));
-        let completed = serde_json::json!({ "type": "response.completed", "response": { "usage": { "input_tokens": 1, "output_tokens": 2 } } });
-        assert_eq!(usage_of(&completed), Some((1, 2)));
-        assert_eq!(usage_of(&serde_json::json!({ "usage": null })), None);
+        let chat = br#"{"id":"x","choices":[{"message":{"content":"usage"}}],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}"#;
+        assert_eq!(usage_of(chat), Some((10, 5)));
+        let responses = br#"{"usage":{"input_tokens":7,"output_tokens":3}}"#;
+        assert_eq!(usage_of(responses), Some((7, 3)));
+        let completed = br#"{"type":"response.completed","response":{"id":"r","usage":{"input_tokens":1,"output_tokens":2}}}"#;
+        assert_eq!(usage_of(completed), Some((1, 2)));
+        assert_eq!(usage_of(br#"{"usage":null}"#), None);
+        assert_eq!(usage_of(br#"{"usage":{"prompt_tokens":1}}"#), None);
+        assert_eq!(usage_of(b"not json"), None);
         assert_eq!(
             usage_in_event(br#" {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":6}}"#),
             Some((4, 6))

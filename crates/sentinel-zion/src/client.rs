@@ -104,18 +104,24 @@ impl fmt::Debug for ZionSettings {
     }
 }
 
-/// A pooled HTTP client: rustls with the webpki roots and the `ring`
-/// crypto provider passed explicitly (the only provider in the build, so
-/// nothing depends on a process-wide default), HTTP/1.1 and HTTP/2 by ALPN.
-pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, String> {
+/// The TLS settings of Sentinel's HTTP clients: rustls with the webpki
+/// roots and the `ring` crypto provider passed explicitly (the only provider
+/// in the build, so nothing depends on a process-wide default). No ALPN
+/// protocols: each client sets its own.
+pub fn tls_config() -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS set-up failed: {e}"))?
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+/// A pooled HTTP client with [`tls_config`], HTTP/1.1 and HTTP/2 by ALPN.
+pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, String> {
+    let mut tls = tls_config()?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)

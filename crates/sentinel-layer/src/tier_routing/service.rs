@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderName, HeaderValue, Request, Response, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Limited};
 use sentinel_core::{PickReason, Pinned, SessionPlan, Tier, TierConfig};
@@ -129,7 +129,7 @@ fn reject<R>(error: SentinelError, grpc: bool, tier: Option<Tier>) -> Response<R
     if let Some(tier) = tier {
         response
             .headers_mut()
-            .insert(TIER_HEADER, HeaderValue::from_static(tier.as_str()));
+            .insert(TIER_HEADER_NAME, HeaderValue::from_static(tier.as_str()));
     }
     count_request(tier, None, &response);
     response
@@ -141,9 +141,14 @@ fn count_request<R>(
     response: &Response<R>,
 ) {
     let tier = tier.map_or("none", Tier::as_str);
-    let (model, provider) = decision.map_or(("none".to_owned(), "none".to_owned()), |d| {
-        (d.model.to_string(), d.provider.to_string())
-    });
+    // Labels share the decision's strings instead of copying them.
+    let (model, provider): (::metrics::SharedString, ::metrics::SharedString) = decision.map_or(
+        (
+            ::metrics::SharedString::const_str("none"),
+            ::metrics::SharedString::const_str("none"),
+        ),
+        |d| (d.model.clone().into(), d.provider.clone().into()),
+    );
     ::metrics::counter!(m::REQUESTS,
         "tier" => tier,
         "model" => model,
@@ -255,8 +260,8 @@ where
     };
     ::metrics::counter!(m::SELECTIONS,
         "tier" => decision.tier.as_str(),
-        "model" => decision.model.to_string(),
-        "provider" => decision.provider.to_string(),
+        "model" => decision.model.clone(),
+        "provider" => decision.provider.clone(),
         "reason" => decision.reason.as_str())
     .increment(1);
 
@@ -315,12 +320,16 @@ where
     response
 }
 
+/// [`MODEL_HEADER`] and [`TIER_HEADER`] as header names, parsed once.
+const MODEL_HEADER_NAME: HeaderName = HeaderName::from_static(MODEL_HEADER);
+const TIER_HEADER_NAME: HeaderName = HeaderName::from_static(TIER_HEADER);
+
 fn stamp<R>(response: &mut Response<R>, decision: &RoutingDecision) {
     if let Ok(model) = HeaderValue::from_str(&decision.model) {
-        response.headers_mut().insert(MODEL_HEADER, model);
+        response.headers_mut().insert(MODEL_HEADER_NAME, model);
     }
     response.headers_mut().insert(
-        TIER_HEADER,
+        TIER_HEADER_NAME,
         HeaderValue::from_static(decision.tier.as_str()),
     );
 }
