@@ -73,6 +73,53 @@ pub(crate) fn redis_commands(addr: SocketAddr) -> Result<u64, String> {
     Ok(count_calls(&String::from_utf8_lossy(&body)))
 }
 
+/// Redis round trips seen while `load` runs: the commands clients sent,
+/// through `MONITOR`, apart from the commands run inside Lua scripts
+/// (`[db lua]` lines), which `INFO commandstats` counts too. Returns
+/// `(client commands, script commands, load's result)`.
+pub(crate) fn redis_round_trips<T>(
+    addr: SocketAddr,
+    load: impl FnOnce() -> Result<T, String>,
+) -> Result<(u64, u64, T), String> {
+    let fail = |e: std::io::Error| format!("redis {addr}: {e}");
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(fail)?;
+    stream.write_all(b"MONITOR\r\n").map_err(fail)?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(fail)?);
+    let mut ok = String::new();
+    reader.read_line(&mut ok).map_err(fail)?;
+    if ok.trim() != "+OK" {
+        return Err(format!("redis {addr}: MONITOR answered {ok:?}"));
+    }
+    let counter = std::thread::spawn(move || {
+        let (mut client, mut script) = (0u64, 0u64);
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            match classify_monitor_line(&line) {
+                Some(true) => script += 1,
+                Some(false) => client += 1,
+                None => {}
+            }
+            line.clear();
+        }
+        (client, script)
+    });
+    let result = load();
+    // Let the last lines arrive, then end the reader.
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let (client, script) = counter
+        .join()
+        .map_err(|_| format!("redis {addr}: the MONITOR reader panicked"))?;
+    Ok((client, script, result?))
+}
+
+/// A `MONITOR` line: `Some(true)` for a command run by a script,
+/// `Some(false)` for one a client sent, `None` for anything else.
+fn classify_monitor_line(line: &str) -> Option<bool> {
+    let source = line.split_once('[')?.1.split_once(']')?.0;
+    Some(source.ends_with(" lua"))
+}
+
 /// Sums `calls=` over the `cmdstat_*` lines, except `cmdstat_info`.
 fn count_calls(info: &str) -> u64 {
     info.lines()
@@ -96,6 +143,15 @@ mod tests {
     fn calls_are_summed_without_info() {
         let info = "# Commandstats\r\ncmdstat_evalsha:calls=10,usec=50,usec_per_call=5.00,rejected_calls=0,failed_calls=0\r\ncmdstat_info:calls=3,usec=1\r\ncmdstat_get:calls=2,usec=4\r\n";
         assert_eq!(count_calls(info), 12);
+    }
+
+    #[test]
+    fn monitor_lines_are_told_apart() {
+        let client = "+1700000000.123456 [0 127.0.0.1:51234] \"evalsha\" \"abc\" \"1\"\r\n";
+        let script = "+1700000000.123500 [0 lua] \"GET\" \"sentinel:session:x\"\r\n";
+        assert_eq!(classify_monitor_line(client), Some(false));
+        assert_eq!(classify_monitor_line(script), Some(true));
+        assert_eq!(classify_monitor_line("+OK\r\n"), None);
     }
 
     #[test]

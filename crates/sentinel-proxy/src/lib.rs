@@ -221,7 +221,7 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
         prometheus,
         inbound_keys: Arc::new(settings.inbound_keys.clone()),
     };
-    let app = server::router(state, layer.layer(upstream));
+    let app = tower::make::Shared::new(server::app(state, layer.layer(upstream)));
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderName, HeaderValue, StatusCode, header};
@@ -30,10 +29,13 @@ pub(crate) struct AppState {
     pub(crate) inbound_keys: Arc<Vec<Secret>>,
 }
 
-/// The proxy's router around the routed service.
-pub(crate) fn router(state: AppState, routed: TierRouting<Upstream>) -> Router {
+/// The proxy's service: [`Front`] (request ids, the access log, inbound
+/// auth) around the router, which sends the routed paths to the routed
+/// service.
+pub(crate) fn app(state: AppState, routed: TierRouting<Upstream>) -> Front<Router> {
     let routed = Answered(routed);
-    Router::new()
+    let keys = state.inbound_keys.clone();
+    let router = Router::new()
         .route_service("/v1/chat/completions", routed.clone())
         .route_service("/v1/responses", routed)
         .route("/v1/models", get(models))
@@ -41,9 +43,11 @@ pub(crate) fn router(state: AppState, routed: TierRouting<Upstream>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(middleware::from_fn(access_log))
-        .with_state(state)
+        .with_state(state);
+    Front {
+        inner: router,
+        inbound_keys: keys,
+    }
 }
 
 /// The routed service with its errors answered as responses. Routed
@@ -129,12 +133,13 @@ async fn not_found(request: Request) -> Response {
     .into_response()
 }
 
-/// Guards `/v1/` with the inbound keys, compared in constant time.
-async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Whether `request` may pass: `/v1/` is guarded by the inbound keys
+/// (when there are any), compared in constant time.
+fn authorized(keys: &[Secret], request: &Request) -> bool {
     let path = request.uri().path();
     let guarded = path == "/v1" || path.starts_with("/v1/");
-    if !guarded || state.inbound_keys.is_empty() {
-        return next.run(request).await;
+    if !guarded || keys.is_empty() {
+        return true;
     }
     let presented = request
         .headers()
@@ -145,12 +150,13 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         .unwrap_or("");
     // Compare against every key, without stopping at a match.
     let mut ok = subtle::Choice::from(0u8);
-    for key in state.inbound_keys.iter() {
+    for key in keys {
         ok |= presented.as_bytes().ct_eq(key.expose().as_bytes());
     }
-    if !presented.is_empty() && bool::from(ok) {
-        return next.run(request).await;
-    }
+    !presented.is_empty() && bool::from(ok)
+}
+
+fn unauthorized() -> Response {
     let mut response = SentinelError::new(
         ErrorCode::InvalidApiKey,
         "a valid API key is required: send `Authorization: Bearer <key>`",
@@ -189,21 +195,67 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
 }
 
-/// Sets `X-Request-Id` on every response and logs each request once.
-async fn access_log(mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id = match request.headers().get(REQUEST_ID_NAME) {
-        Some(v) if sane_request_id(v).is_some() => v.clone(),
-        _ => {
-            let id = new_request_id();
-            request.headers_mut().insert(REQUEST_ID_NAME, id.clone());
-            id
-        }
-    };
-    let method = request.method().clone();
-    let uri = request.uri().clone();
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(REQUEST_ID_NAME, id.clone());
+/// The outermost service: sets `X-Request-Id` on every request and
+/// response, answers `401` to requests without a valid inbound key, and logs
+/// each request once. One service instead of a middleware per concern: no
+/// boxed clone of the router per concern and per request.
+#[derive(Clone)]
+pub(crate) struct Front<S> {
+    inner: S,
+    inbound_keys: Arc<Vec<Secret>>,
+}
+
+impl<S> tower::Service<Request> for Front<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        // Readiness is the inner service's, driven per request by `oneshot`.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let started = Instant::now();
+        let id = match request.headers().get(REQUEST_ID_NAME) {
+            Some(v) if sane_request_id(v).is_some() => v.clone(),
+            _ => {
+                let id = new_request_id();
+                request.headers_mut().insert(REQUEST_ID_NAME, id.clone());
+                id
+            }
+        };
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let inner = authorized(&self.inbound_keys, &request).then(|| self.inner.clone());
+        Box::pin(async move {
+            let mut response = match inner {
+                Some(inner) => inner.oneshot(request).await?,
+                None => unauthorized(),
+            };
+            response.headers_mut().insert(REQUEST_ID_NAME, id.clone());
+            log_request(&id, &method, &uri, started, &response);
+            Ok(response)
+        })
+    }
+}
+
+/// The access log line and the request counter.
+fn log_request(
+    id: &HeaderValue,
+    method: &http::Method,
+    uri: &http::Uri,
+    started: Instant,
+    response: &Response,
+) {
     let status = response.status();
     let header = |name: HeaderName| {
         response
@@ -228,7 +280,6 @@ async fn access_log(mut request: Request, next: Next) -> Response {
         "request"
     );
     ::metrics::counter!(m::HTTP_REQUESTS, "status" => sentinel_layer::metrics::status_class(status)).increment(1);
-    response
 }
 
 #[cfg(test)]

@@ -83,19 +83,24 @@ pub struct Timeouts {
 }
 
 /// Forwards routed requests to providers.
+///
+/// Cloning is one reference count: the layer's stack clones its inner
+/// service several times per request.
 #[derive(Clone)]
-pub struct Upstream {
+pub struct Upstream(Arc<Inner>);
+
+struct Inner {
     client: UpstreamClient,
-    targets: Arc<HashMap<String, Target>>,
+    targets: HashMap<String, Target>,
     timeouts: Timeouts,
     config: Arc<dyn TierConfigSource>,
-    counters: Arc<UsageCounterCache>,
+    counters: UsageCounterCache,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("timeouts", &self.timeouts)
+            .field("timeouts", &self.0.timeouts)
             .finish_non_exhaustive()
     }
 }
@@ -129,13 +134,13 @@ impl Upstream {
                 },
             );
         }
-        Ok(Upstream {
+        Ok(Upstream(Arc::new(Inner {
             client,
-            targets: Arc::new(targets),
+            targets,
             timeouts,
             config,
-            counters: Arc::default(),
-        })
+            counters: UsageCounterCache::default(),
+        })))
     }
 }
 
@@ -202,7 +207,7 @@ impl Upstream {
             let err = SentinelError::new(ErrorCode::NotFound, "this path takes POST");
             return Ok(err.into_response().map(Body::new));
         };
-        let Some(target) = self.targets.get(&*decision.provider) else {
+        let Some(target) = self.0.targets.get(&*decision.provider) else {
             return Err(UpstreamError::other(format!(
                 "unknown provider `{}`",
                 decision.provider
@@ -250,7 +255,7 @@ impl Upstream {
         *request.headers_mut() = headers;
 
         let sent =
-            tokio::time::timeout(self.timeouts.first_byte, self.client.request(request)).await;
+            tokio::time::timeout(self.0.timeouts.first_byte, self.0.client.request(request)).await;
         let response = match sent {
             Err(_) => {
                 return Err(UpstreamError::timeout(
@@ -272,7 +277,7 @@ impl Upstream {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         let usage = parts.status.is_success().then(|| Usage {
-            counters: self.counters.get(&decision),
+            counters: self.0.counters.get(&decision),
             pricing: self.pricing(&decision),
             sse,
             buffer: BytesMut::new(),
@@ -282,8 +287,8 @@ impl Upstream {
         });
         let body = UpstreamBody {
             inner: body,
-            idle: Box::pin(tokio::time::sleep(self.timeouts.stream_idle)),
-            idle_timeout: self.timeouts.stream_idle,
+            idle: Box::pin(tokio::time::sleep(self.0.timeouts.stream_idle)),
+            idle_timeout: self.0.timeouts.stream_idle,
             last_data: Instant::now(),
             sse,
             done: false,
@@ -294,7 +299,7 @@ impl Upstream {
     }
 
     fn pricing(&self, decision: &RoutingDecision) -> Option<Pricing> {
-        let config = self.config.cached()?;
+        let config = self.0.config.cached()?;
         config
             .tier(decision.tier)
             .find(&decision.provider, &decision.model)
