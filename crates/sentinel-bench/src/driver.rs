@@ -45,9 +45,9 @@ pub(crate) struct Options {
     /// Warm-up seconds before each point (not measured).
     #[arg(long, default_value_t = 1)]
     warmup_seconds: u64,
-    /// The open loop's rate, requests per second.
-    #[arg(long, default_value_t = 2000)]
-    rate: u32,
+    /// The open loop's rates, requests per second (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000,2000")]
+    rates: Vec<u32>,
     /// Sessions for the memory measurement.
     #[arg(long, default_value_t = 1_000_000)]
     sessions: u64,
@@ -576,7 +576,8 @@ pub(crate) fn run(options: &Options) -> Result<(), String> {
         .pop()
         .ok_or("no slow-stream measurement")?;
 
-    let loads = [Load::Closed(1), Load::Closed(16), Load::Rate(options.rate)];
+    let mut loads = vec![Load::Closed(1), Load::Closed(16)];
+    loads.extend(options.rates.iter().map(|r| Load::Rate(*r)));
     let targets = [
         Target::Direct,
         Target::Passthrough,
@@ -585,7 +586,7 @@ pub(crate) fn run(options: &Options) -> Result<(), String> {
     ];
     let mut points = Vec::new();
     for kind in [Kind::Json, Kind::Sse] {
-        for load in loads {
+        for &load in &loads {
             for target in targets {
                 eprintln!(
                     "[{:>3} s] {} {} {}",
@@ -711,7 +712,7 @@ pub(crate) fn run(options: &Options) -> Result<(), String> {
         let _ = writeln!(targets_text, "| {name} | {measured} | {goal} | {met} |");
     };
     for kind in [Kind::Json, Kind::Sse] {
-        for load in loads {
+        for &load in &loads {
             let ratio = find(Target::SentinelMemory, kind, load)
                 .and_then(|s| s.cpu_us)
                 .zip(find(Target::Passthrough, kind, load).and_then(|p| p.cpu_us))
@@ -743,21 +744,19 @@ pub(crate) fn run(options: &Options) -> Result<(), String> {
             );
         }
     }
-    for kind in [Kind::Json, Kind::Sse] {
-        let added = find(Target::SentinelMemory, kind, Load::Rate(options.rate))
-            .zip(find(Target::Direct, kind, Load::Rate(options.rate)))
-            .map(|(s, d)| s.outcome.p99 - d.outcome.p99);
-        if let Some(a) = added {
-            verdict(
-                &format!(
-                    "p99 added over direct, {} req/s, {}",
-                    options.rate,
-                    kind.label()
-                ),
-                format!("{} µs", signed_us(a)),
-                "< 1000 µs",
-                Some(a < 1e-3),
-            );
+    for &rate in &options.rates {
+        for kind in [Kind::Json, Kind::Sse] {
+            let added = find(Target::SentinelMemory, kind, Load::Rate(rate))
+                .zip(find(Target::Direct, kind, Load::Rate(rate)))
+                .map(|(s, d)| s.outcome.p99 - d.outcome.p99);
+            if let Some(a) = added {
+                verdict(
+                    &format!("p99 added over direct, {rate} req/s, {}", kind.label()),
+                    format!("{} µs", signed_us(a)),
+                    "< 1000 µs",
+                    Some(a < 1e-3),
+                );
+            }
         }
     }
     let redis_rates: Vec<f64> = points
