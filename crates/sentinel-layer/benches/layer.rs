@@ -17,30 +17,15 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Request, Response, header};
 use http_body_util::{Empty, Full};
-use sentinel_core::{RawTierConfig, StaticConfig, TierConfig};
-use sentinel_layer::{MODEL_HEADER, MemorySessionStore, RoutedBody, TierRoutingLayer};
+use sentinel_layer::{MODEL_HEADER, RoutedBody};
+use support::layer;
 use tower::{Layer, ServiceExt, service_fn};
+
+mod support;
 
 /// The inner service: an empty 200 at once, whatever the request body.
 fn answer<B>(_request: Request<B>) -> Ready<Result<Response<Empty<Bytes>>, Infallible>> {
     ready(Ok(Response::new(Empty::new())))
-}
-
-fn layer(sessions: bool) -> TierRoutingLayer {
-    let raw: RawTierConfig = serde_json::from_value(serde_json::json!({ "tiers": {
-        "simple": { "models": [
-            { "provider": "openai", "model": "gpt-4o-mini", "relative_cost": 1 },
-            { "provider": "openai", "model": "gpt-4.1-mini", "relative_cost": 2 }
-        ] },
-        "moderate": { "models": [ { "provider": "openai", "model": "gpt-4o", "relative_cost": 4 } ] }
-    } }))
-    .expect("valid config");
-    let source = StaticConfig::new(TierConfig::validate(raw).expect("valid config"));
-    let mut builder = TierRoutingLayer::builder(source);
-    if sessions {
-        builder = builder.session_store(MemorySessionStore::new());
-    }
-    builder.build().expect("valid layer")
 }
 
 /// A chat body of about 1 KiB: user and assistant turns of plain text.

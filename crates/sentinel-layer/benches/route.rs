@@ -12,27 +12,14 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::post;
 use criterion::{Criterion, criterion_group, criterion_main};
-use sentinel_core::{RawTierConfig, StaticConfig, TierConfig};
-use sentinel_layer::{MemorySessionStore, TierRoutingLayer};
 use tower::ServiceExt;
 
+mod support;
+
 fn app(sessions: bool) -> Router {
-    let raw: RawTierConfig = serde_json::from_value(serde_json::json!({ "tiers": {
-        "simple": { "models": [
-            { "provider": "openai", "model": "gpt-4o-mini", "relative_cost": 1 },
-            { "provider": "openai", "model": "gpt-4.1-mini", "relative_cost": 2 }
-        ] },
-        "moderate": { "models": [ { "provider": "openai", "model": "gpt-4o", "relative_cost": 4 } ] }
-    } }))
-    .expect("valid config");
-    let source = StaticConfig::new(TierConfig::validate(raw).expect("valid config"));
-    let mut builder = TierRoutingLayer::builder(source);
-    if sessions {
-        builder = builder.session_store(MemorySessionStore::new());
-    }
     Router::new()
         .route("/v1/chat/completions", post(|| async { "ok" }))
-        .layer(builder.build().expect("valid layer"))
+        .layer(support::layer(sessions))
 }
 
 const BODY: &str = r#"{"tier":"simple","temperature":0.2,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Summarise the plot of Hamlet in one sentence."}]}"#;

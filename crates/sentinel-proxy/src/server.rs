@@ -50,6 +50,10 @@ pub(crate) fn app(state: AppState, routed: TierRouting<Upstream>) -> Front<Route
     }
 }
 
+/// The future of the proxy's own services.
+type BoxResponse =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+
 /// The routed service with its errors answered as responses. Routed
 /// requests never fail as service errors (the layer answers in its
 /// envelope); an error can only come from a request it passed through.
@@ -59,8 +63,7 @@ struct Answered(TierRouting<Upstream>);
 impl tower::Service<Request> for Answered {
     type Response = Response;
     type Error = Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = BoxResponse;
 
     fn poll_ready(
         &mut self,
@@ -212,8 +215,7 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = BoxResponse;
 
     fn poll_ready(
         &mut self,
