@@ -29,15 +29,15 @@ pub(crate) struct AppState {
     pub(crate) inbound_keys: Arc<Vec<Secret>>,
 }
 
-/// The paths [`TierRouting`] serves.
-const ROUTED_PATHS: [&str; 2] = ["/v1/chat/completions", "/v1/responses"];
-
 /// The proxy's service: [`Front`] (request ids, the access log, inbound
-/// auth), which sends the routed paths to the routed service and the rest
-/// to the router.
-pub(crate) fn app(state: AppState, routed: TierRouting<Upstream>) -> Front {
+/// auth) around the router, which sends the routed paths to the routed
+/// service.
+pub(crate) fn app(state: AppState, routed: TierRouting<Upstream>) -> Front<Router> {
+    let routed = Answered(routed);
     let keys = state.inbound_keys.clone();
     let router = Router::new()
+        .route_service("/v1/chat/completions", routed.clone())
+        .route_service("/v1/responses", routed)
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -45,8 +45,7 @@ pub(crate) fn app(state: AppState, routed: TierRouting<Upstream>) -> Front {
         .fallback(not_found)
         .with_state(state);
     Front {
-        routed,
-        router,
+        inner: router,
         inbound_keys: keys,
     }
 }
@@ -54,6 +53,35 @@ pub(crate) fn app(state: AppState, routed: TierRouting<Upstream>) -> Front {
 /// The future of the proxy's own services.
 type BoxResponse =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+
+/// The routed service with its errors answered as responses. Routed
+/// requests never fail as service errors (the layer answers in its
+/// envelope); an error can only come from a request it passed through.
+#[derive(Clone)]
+struct Answered(TierRouting<Upstream>);
+
+impl tower::Service<Request> for Answered {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxResponse;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let routed = self.0.clone();
+        Box::pin(async move {
+            Ok(match routed.oneshot(request).await {
+                Ok(response) => response.into_response(),
+                Err(e) => upstream_failed(&e),
+            })
+        })
+    }
+}
 
 fn upstream_failed(e: &UpstreamError) -> Response {
     SentinelError::new(ErrorCode::UpstreamFailed, e.to_string())
@@ -171,25 +199,20 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// The outermost service: sets `X-Request-Id` on every request and
-/// response, answers `401` to requests without a valid inbound key, sends
-/// the routed paths straight to the routed service and the others to the
-/// router, and logs each request once. One service instead of a middleware
-/// per concern: no boxed clone of the router per concern and per request.
+/// response, answers `401` to requests without a valid inbound key, and logs
+/// each request once. One service instead of a middleware per concern: no
+/// boxed clone of the router per concern and per request.
 #[derive(Clone)]
-pub(crate) struct Front {
-    routed: TierRouting<Upstream>,
-    router: Router,
+pub(crate) struct Front<S> {
+    inner: S,
     inbound_keys: Arc<Vec<Secret>>,
 }
 
-/// Where [`Front`] sends a request.
-enum Destination {
-    Routed(TierRouting<Upstream>),
-    Router(Router),
-    Unauthorized,
-}
-
-impl tower::Service<Request> for Front {
+impl<S> tower::Service<Request> for Front<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     type Response = Response;
     type Error = Infallible;
     type Future = BoxResponse;
@@ -198,7 +221,7 @@ impl tower::Service<Request> for Front {
         &mut self,
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Infallible>> {
-        // Readiness is the inner services', driven per request by `oneshot`.
+        // Readiness is the inner service's, driven per request by `oneshot`.
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -214,24 +237,11 @@ impl tower::Service<Request> for Front {
         };
         let method = request.method().clone();
         let uri = request.uri().clone();
-        let destination = if !authorized(&self.inbound_keys, &request) {
-            Destination::Unauthorized
-        } else if ROUTED_PATHS.contains(&uri.path()) {
-            Destination::Routed(self.routed.clone())
-        } else {
-            Destination::Router(self.router.clone())
-        };
+        let inner = authorized(&self.inbound_keys, &request).then(|| self.inner.clone());
         Box::pin(async move {
-            let mut response = match destination {
-                // Routed requests never fail as service errors (the layer
-                // answers in its envelope); an error can only come from a
-                // request it passed through.
-                Destination::Routed(routed) => match routed.oneshot(request).await {
-                    Ok(response) => response.into_response(),
-                    Err(e) => upstream_failed(&e),
-                },
-                Destination::Router(router) => router.oneshot(request).await?,
-                Destination::Unauthorized => unauthorized(),
+            let mut response = match inner {
+                Some(inner) => inner.oneshot(request).await?,
+                None => unauthorized(),
             };
             response.headers_mut().insert(REQUEST_ID_NAME, id.clone());
             log_request(&id, &method, &uri, started, &response);
