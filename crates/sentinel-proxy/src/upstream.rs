@@ -627,7 +627,7 @@ fn event_end(buf: &[u8]) -> Option<usize> {
 }
 
 fn is_usage_only(event: &[u8]) -> bool {
-    if !event.windows(7).any(|w| w == b"\"usage\"") {
+    if !contains(event, b"\"usage\"") {
         return false;
     }
     event
