@@ -203,9 +203,12 @@ impl CompleterClient {
 /// The tier-routing layer over the built-in config.
 pub(crate) fn layer() -> Result<TierRoutingLayer, Box<dyn Error>> {
     let raw: RawTierConfig = serde_json::from_str(TIER_CONFIG)?;
-    Ok(TierRoutingLayer::new(StaticConfig::new(
-        TierConfig::validate(raw)?,
-    )))
+    // gRPC routing is opt-in, per path: here every method of the service.
+    Ok(
+        TierRoutingLayer::builder(StaticConfig::new(TierConfig::validate(raw)?))
+            .grpc_paths([format!("/{SERVICE_NAME}/")])
+            .build()?,
+    )
 }
 
 /// Serves [`CompleterServer`] behind `layer` on `listener`.

@@ -43,8 +43,14 @@ pub enum ErrorCode {
     InvalidApiKey,
     /// 404: a `/v1/` path Sentinel does not serve.
     NotFound,
+    /// 405: a routed path with a method other than `POST`.
+    MethodNotAllowed,
+    /// 408: the client did not send its body in time.
+    RequestTimeout,
     /// 413: the body is over the limit.
     BodyTooLarge,
+    /// 415: a routed request whose content type is not JSON.
+    UnsupportedMediaType,
     /// 502: a retryable failure on the last attempt.
     UpstreamFailed,
     /// 503: no tier config can be had.
@@ -53,6 +59,8 @@ pub enum ErrorCode {
     TierUnavailable,
     /// 503: every model of the tier is backing off.
     AllModelsBackingOff,
+    /// 503: over the in-flight request cap.
+    Overloaded,
     /// 504: the last attempt timed out.
     UpstreamTimeout,
 }
@@ -68,11 +76,15 @@ impl ErrorCode {
             | ErrorCode::InvalidSession => StatusCode::BAD_REQUEST,
             ErrorCode::InvalidApiKey => StatusCode::UNAUTHORIZED,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorCode::TierConfigUnavailable
             | ErrorCode::TierUnavailable
-            | ErrorCode::AllModelsBackingOff => StatusCode::SERVICE_UNAVAILABLE,
+            | ErrorCode::AllModelsBackingOff
+            | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -87,11 +99,15 @@ impl ErrorCode {
             ErrorCode::InvalidSession => "invalid_session",
             ErrorCode::InvalidApiKey => "invalid_api_key",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::UpstreamFailed => "upstream_failed",
             ErrorCode::TierConfigUnavailable => "tier_config_unavailable",
             ErrorCode::TierUnavailable => "tier_unavailable",
             ErrorCode::AllModelsBackingOff => "all_models_backing_off",
+            ErrorCode::Overloaded => "overloaded",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
         }
     }
@@ -228,11 +244,15 @@ mod tests {
             (InvalidSession, 400),
             (InvalidApiKey, 401),
             (NotFound, 404),
+            (MethodNotAllowed, 405),
+            (RequestTimeout, 408),
             (BodyTooLarge, 413),
+            (UnsupportedMediaType, 415),
             (UpstreamFailed, 502),
             (TierConfigUnavailable, 503),
             (TierUnavailable, 503),
             (AllModelsBackingOff, 503),
+            (Overloaded, 503),
             (UpstreamTimeout, 504),
         ];
         for (code, status) in table {

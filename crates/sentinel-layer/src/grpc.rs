@@ -21,15 +21,16 @@ pub(crate) fn status_code(code: ErrorCode) -> u16 {
         | ErrorCode::InvalidTier
         | ErrorCode::ConflictingTier
         | ErrorCode::ModelNotAllowed
-        | ErrorCode::InvalidSession => 3,
+        | ErrorCode::InvalidSession
+        | ErrorCode::UnsupportedMediaType => 3,
         // UNAUTHENTICATED
         ErrorCode::InvalidApiKey => 16,
         // UNIMPLEMENTED
-        ErrorCode::NotFound => 12,
+        ErrorCode::NotFound | ErrorCode::MethodNotAllowed => 12,
         // RESOURCE_EXHAUSTED
-        ErrorCode::BodyTooLarge => 8,
+        ErrorCode::BodyTooLarge | ErrorCode::Overloaded => 8,
         // DEADLINE_EXCEEDED
-        ErrorCode::UpstreamTimeout => 4,
+        ErrorCode::UpstreamTimeout | ErrorCode::RequestTimeout => 4,
         // UNAVAILABLE
         _ => 14,
     }

@@ -21,6 +21,7 @@ async fn serve() -> (Channel, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let layer = TierRoutingLayer::builder(support::source())
+        .grpc_paths(["/grpc.health.v1.Health/"])
         .rng_seed(2)
         .build()
         .unwrap();

@@ -95,6 +95,7 @@ pub struct TierRoutingLayerBuilder {
     health: Option<HealthChecks>,
     routes: Routes,
     body_limit: usize,
+    body_timeout: Duration,
     seed: Option<u64>,
     shared_breakers: Option<(Pool, String)>,
 }
@@ -105,6 +106,7 @@ impl fmt::Debug for TierRoutingLayerBuilder {
             .field("session_wait", &self.session_wait)
             .field("threshold", &self.threshold)
             .field("body_limit", &self.body_limit)
+            .field("body_timeout", &self.body_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -116,6 +118,8 @@ impl TierRoutingLayerBuilder {
     pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
     /// Default bound on waiting for the session store.
     pub const DEFAULT_SESSION_WAIT: Duration = Duration::from_millis(50);
+    /// Default bound on reading a routed request's whole body: 30 s.
+    pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
     fn new(source: Arc<dyn TierConfigSource>) -> Self {
         TierRoutingLayerBuilder {
@@ -127,6 +131,7 @@ impl TierRoutingLayerBuilder {
             health: None,
             routes: Routes::default(),
             body_limit: Self::DEFAULT_BODY_LIMIT,
+            body_timeout: Self::DEFAULT_BODY_TIMEOUT,
             seed: None,
             shared_breakers: None,
         }
@@ -165,7 +170,7 @@ impl TierRoutingLayerBuilder {
     }
 
     /// The paths routed for `POST` (default `/v1/chat/completions` and
-    /// `/v1/responses`). `application/grpc` requests are routed on any path.
+    /// `/v1/responses`). Their bodies must be JSON.
     pub fn routed_paths<I, P>(mut self, paths: I) -> Self
     where
         I: IntoIterator<Item = P>,
@@ -176,7 +181,7 @@ impl TierRoutingLayerBuilder {
     }
 
     /// Routes the requests for which `predicate` is true instead of the
-    /// `POST` + path rule (gRPC requests are still routed).
+    /// `POST` + path rule, as JSON requests.
     pub fn route_if(
         mut self,
         predicate: impl Fn(&Method, &Uri) -> bool + Send + Sync + 'static,
@@ -185,15 +190,37 @@ impl TierRoutingLayerBuilder {
         self
     }
 
-    /// Whether `application/grpc` requests are routed (default true).
-    pub fn route_grpc(mut self, grpc: bool) -> Self {
-        self.routes.grpc = grpc;
+    /// Turns gRPC routing on for these paths: each is a method path
+    /// (`/pkg.Service/Method`) or a service prefix ending in `/`
+    /// (`/pkg.Service/`, every method of the service). A `POST` to one of
+    /// them with an `application/grpc` content type is routed as gRPC: the
+    /// tier comes from `x-sentinel-tier` metadata, the body streams through
+    /// untouched (it is never buffered, checked or retried) and errors are
+    /// gRPC statuses.
+    ///
+    /// Off by default (no paths): a content type is only a client's claim,
+    /// so the mode that skips the body checks must be asked for, per path.
+    /// The JSON routes always win: a gRPC content type on one of them is
+    /// answered `415`.
+    pub fn grpc_paths<I, P>(mut self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.routes.grpc = paths.into_iter().map(Into::into).collect();
         self
     }
 
     /// The largest routed request body (default 32 MiB; 413 above it).
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
+        self
+    }
+
+    /// The longest a routed request's whole body may take to arrive
+    /// (default 30 s; `408 request_timeout` after it).
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
         self
     }
 
@@ -234,8 +261,33 @@ impl TierRoutingLayerBuilder {
         if let Some(health) = &self.health {
             health.validate()?;
         }
+        if self.body_timeout.is_zero() {
+            return Err(InvalidConfig::new(
+                "the body timeout must be greater than zero",
+            ));
+        }
         if self.routes.paths.iter().any(|p| !p.starts_with('/')) {
             return Err(InvalidConfig::new("routed paths must start with `/`"));
+        }
+        if self
+            .routes
+            .grpc
+            .iter()
+            .any(|p| !p.starts_with('/') || p.len() < 2)
+        {
+            return Err(InvalidConfig::new(
+                "gRPC paths must start with `/` and name a method or a service",
+            ));
+        }
+        if let Some(p) = self.routes.grpc.iter().find(|p| {
+            self.routes
+                .paths
+                .iter()
+                .any(|json| json == *p || (p.ends_with('/') && json.starts_with(p.as_str())))
+        }) {
+            return Err(InvalidConfig::new(format!(
+                "gRPC path `{p}` covers a JSON routed path: gRPC never applies to the JSON routes"
+            )));
         }
         Ok(TierRoutingLayer {
             shared: Arc::new(self.shared()),
@@ -269,7 +321,7 @@ impl TierRoutingLayerBuilder {
                 wait: self.session_wait,
             }),
             self.routes,
-            self.body_limit.max(1),
+            (self.body_limit.max(1), self.body_timeout),
             self.health,
         )
     }

@@ -16,8 +16,14 @@
 //!    breaker is open and records every attempt's outcome.
 //!
 //! It acts on `POST` to the routed paths (`/v1/chat/completions`,
-//! `/v1/responses`) and on `application/grpc` requests; everything else
-//! passes through untouched, so it can wrap a whole router. The inner
+//! `/v1/responses`), whose body must be JSON (an absent content type is
+//! read as JSON; any other is answered `415 unsupported_media_type`), and,
+//! only when the builder opts in with
+//! [`grpc_paths`](TierRoutingLayerBuilder::grpc_paths), on `application/grpc`
+//! calls to those gRPC paths. Everything else passes through untouched, so
+//! it can wrap a whole router. The rewritten request carries the new
+//! `Content-Length` and no `Transfer-Encoding`, so an app that forwards its
+//! headers cannot be made to smuggle a second request. The inner
 //! service learns the decision from the [`RoutingDecision`] request
 //! extension (tier, provider, model, attempt) and the rewritten body; the
 //! response carries the final decision as an extension too.
@@ -77,11 +83,13 @@ use crate::session::SessionStore;
 
 type RoutePredicate = Arc<dyn Fn(&Method, &Uri) -> bool + Send + Sync>;
 
-/// Which requests the layer acts on.
+/// Which requests the layer acts on, and how.
 pub(crate) struct Routes {
     paths: Vec<String>,
     predicate: Option<RoutePredicate>,
-    grpc: bool,
+    /// gRPC method paths (`/pkg.Service/Method`) and service prefixes
+    /// (`/pkg.Service/`) routed as gRPC; empty: gRPC routing is off.
+    grpc: Vec<String>,
 }
 
 impl Default for Routes {
@@ -89,20 +97,53 @@ impl Default for Routes {
         Routes {
             paths: vec!["/v1/chat/completions".into(), "/v1/responses".into()],
             predicate: None,
-            grpc: true,
+            grpc: Vec::new(),
         }
     }
 }
 
+/// What the layer does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Not routed: the inner service gets it untouched.
+    PassThrough,
+    /// A routed JSON request: body buffered, checked and rewritten.
+    Json,
+    /// A routed gRPC call (opted into, on a configured gRPC path): tier from
+    /// metadata, body streamed through, errors as gRPC statuses.
+    Grpc,
+}
+
 impl Routes {
-    fn is_routed(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
-        if self.grpc && crate::grpc::is_grpc(headers) {
-            return true;
-        }
-        match &self.predicate {
+    /// The JSON routes come first: a gRPC content type on a JSON route is
+    /// a JSON request with the wrong content type (415), never a way
+    /// around the body checks.
+    fn mode(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Mode {
+        let json = match &self.predicate {
             Some(predicate) => predicate(method, uri),
             None => method == Method::POST && self.paths.iter().any(|p| p == uri.path()),
+        };
+        if json {
+            return Mode::Json;
         }
+        if method == Method::POST
+            && self.grpc.iter().any(|p| grpc_path_matches(p, uri.path()))
+            && crate::grpc::is_grpc(headers)
+        {
+            return Mode::Grpc;
+        }
+        Mode::PassThrough
+    }
+}
+
+/// A configured gRPC path matches itself, and a service prefix (ending in
+/// `/`) matches every method of the service.
+fn grpc_path_matches(configured: &str, path: &str) -> bool {
+    if configured.ends_with('/') {
+        path.strip_prefix(configured)
+            .is_some_and(|method| !method.is_empty() && !method.contains('/'))
+    } else {
+        configured == path
     }
 }
 
@@ -118,6 +159,7 @@ pub(crate) struct Shared {
     pub(crate) sessions: Option<Sessions>,
     routes: Routes,
     pub(crate) body_limit: usize,
+    pub(crate) body_timeout: Duration,
     health: Option<HealthChecks>,
     /// The latest config seen by a request (for the shared-breaker sync).
     last_config: ArcSwapOption<TierConfig>,
@@ -131,7 +173,7 @@ impl Shared {
         selector: Arc<Selector>,
         sessions: Option<Sessions>,
         routes: Routes,
-        body_limit: usize,
+        (body_limit, body_timeout): (usize, Duration),
         health: Option<HealthChecks>,
     ) -> Self {
         Shared {
@@ -140,6 +182,7 @@ impl Shared {
             sessions,
             routes,
             body_limit,
+            body_timeout,
             health,
             last_config: ArcSwapOption::empty(),
             started: AtomicBool::new(false),
@@ -147,8 +190,8 @@ impl Shared {
         }
     }
 
-    pub(crate) fn is_routed(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
-        self.routes.is_routed(method, uri, headers)
+    pub(crate) fn mode(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Mode {
+        self.routes.mode(method, uri, headers)
     }
 
     pub(crate) fn remember(&self, config: &Arc<TierConfig>) {

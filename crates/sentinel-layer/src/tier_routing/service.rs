@@ -14,8 +14,8 @@ use tower::ServiceExt;
 use tower::retry::Retry;
 use tower_service::Service;
 
-use super::Shared;
 use super::future::ResponseFuture;
+use super::{Mode, Shared};
 use crate::body::{ResponseBody, RoutedBody};
 use crate::breaker::Backoff;
 use crate::decision::{RoutingDecision, SelectionReason};
@@ -102,10 +102,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         self.shared.ensure_background();
-        if !self
-            .shared
-            .is_routed(req.method(), req.uri(), req.headers())
-        {
+        let mode = self.shared.mode(req.method(), req.uri(), req.headers());
+        if mode == Mode::PassThrough {
             let inner = self.inner.clone();
             return ResponseFuture::new(async move {
                 let response = inner.oneshot(req.map(RoutedBody::streaming)).await?;
@@ -114,7 +112,8 @@ where
         }
         let shared = self.shared.clone();
         let stack = self.stack.clone();
-        ResponseFuture::new(async move { Ok::<_, S::Error>(route(shared, stack, req).await) })
+        let grpc = mode == Mode::Grpc;
+        ResponseFuture::new(async move { Ok::<_, S::Error>(route(shared, stack, req, grpc).await) })
     }
 }
 
@@ -161,6 +160,7 @@ async fn route<S, B, ResBody>(
     shared: Arc<Shared>,
     stack: Retry<NextModel, Backoff<S>>,
     req: Request<B>,
+    grpc: bool,
 ) -> Routed<ResBody>
 where
     S: Service<Request<RoutedBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -169,7 +169,6 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let grpc = crate::grpc::is_grpc(req.headers());
     let (mut parts, body) = req.into_parts();
 
     // Headers first: no need to read a body for a bad header.
@@ -191,6 +190,9 @@ where
             RoutedBody::streaming(body),
         )
     } else {
+        if let Err(e) = request::json_content_type(&parts.headers) {
+            return reject(e, grpc, None);
+        }
         let too_large = || {
             SentinelError::new(
                 ErrorCode::BodyTooLarge,
@@ -208,12 +210,23 @@ where
         if declared.is_some_and(|n| n > shared.body_limit as u64) {
             return reject(too_large(), grpc, None);
         }
-        let bytes = match Limited::new(body, shared.body_limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+        let read = Limited::new(body, shared.body_limit).collect();
+        let bytes = match tokio::time::timeout(shared.body_timeout, read).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                 return reject(too_large(), grpc, None);
             }
             Err(_) => {
+                let e = SentinelError::new(
+                    ErrorCode::RequestTimeout,
+                    format!(
+                        "the request body did not arrive within {} ms",
+                        shared.body_timeout.as_millis()
+                    ),
+                );
+                return reject(e, grpc, None);
+            }
+            Ok(Err(_)) => {
                 let e = SentinelError::new(
                     ErrorCode::InvalidJson,
                     "the request body could not be read",
@@ -268,6 +281,9 @@ where
     let body = match template {
         Some(template) => {
             let bytes = template.render(&decision.model);
+            // The body is now these bytes: its length is the only framing
+            // that may travel on with it.
+            parts.headers.remove(header::TRANSFER_ENCODING);
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));

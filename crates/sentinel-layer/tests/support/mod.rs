@@ -48,6 +48,11 @@ pub(crate) fn echo_app(layer: sentinel_layer::TierRoutingLayer) -> Router {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let transfer_encoding = request
+            .headers()
+            .get(http::header::TRANSFER_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = request.into_body().collect().await.unwrap().to_bytes();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let reply = json!({
@@ -57,6 +62,7 @@ pub(crate) fn echo_app(layer: sentinel_layer::TierRoutingLayer) -> Router {
             "attempt": decision.as_ref().map(|d| d.attempt),
             "stream": decision.as_ref().map(|d| d.stream),
             "content_length": length,
+            "transfer_encoding": transfer_encoding,
             "actual_length": bytes.len(),
             "body": body,
         });
