@@ -219,8 +219,8 @@ async fn paths_sentinel_does_not_serve_are_404_not_found() {
         (reqwest::Method::GET, "/v1/embeddings"),
         (reqwest::Method::POST, "/v1/embeddings"),
         (reqwest::Method::POST, "/v1/nope"),
-        (reqwest::Method::GET, "/v1/chat/completions"),
         (reqwest::Method::GET, "/nope"),
+        (reqwest::Method::GET, "/v1/models/gpt-4o"),
     ] {
         let reply = Reply::read(
             proxy
@@ -234,6 +234,40 @@ async fn paths_sentinel_does_not_serve_are_404_not_found() {
         .await;
         assert_eq!(reply.status, 404, "{method} {path}");
         reply.assert_error(404, "not_found");
+    }
+    assert_eq!(upstream.total_calls(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_paths_answer_405_with_allow_to_other_methods() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let proxy = Proxy::start(&Env::new(&upstream)).await;
+    for path in ["/v1/chat/completions", "/v1/responses"] {
+        for method in [
+            reqwest::Method::GET,
+            reqwest::Method::PUT,
+            reqwest::Method::DELETE,
+            reqwest::Method::PATCH,
+            reqwest::Method::OPTIONS,
+        ] {
+            let response = proxy
+                .request(method.clone(), path)
+                .header("content-type", "application/json")
+                .body(chat_body(None).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response
+                    .headers()
+                    .get("allow")
+                    .and_then(|v| v.to_str().ok()),
+                Some("POST"),
+                "{method} {path}"
+            );
+            let reply = Reply::read(response).await;
+            reply.assert_error(405, "method_not_allowed");
+        }
     }
     assert_eq!(upstream.total_calls(), 0);
 }
@@ -545,7 +579,8 @@ async fn a_stream_broken_or_stalled_midway_ends_with_an_sse_error_event() {
     assert_eq!(reply.model(), Some("gpt-4.1"));
     assert_eq!(events.len(), 2, "{events:?}");
     let error = data(&events[1]);
-    assert_eq!(error["error"]["code"], "upstream_failed", "{error}");
+    // The idle timeout is Sentinel's own: `upstream_timeout`, as the contract reserves it.
+    assert_eq!(error["error"]["code"], "upstream_timeout", "{error}");
     assert!(
         error["error"]["message"]
             .as_str()

@@ -207,7 +207,23 @@ async fn the_upstream_gets_the_rewritten_body_and_the_providers_key_only() {
             .header("openai-project", "proj-client")
             .header("accept-encoding", "gzip, br")
             .header("x-sentinel-session", "session-headers-1")
-            .header("x-custom-header", "kept")
+            .header("x-custom-header", "dropped")
+            .header("cookie", "session=client-cookie")
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("x-forwarded-host", "evil.example")
+            .header("forwarded", "for=10.0.0.1")
+            .header("x-secret-hop", "hop-value")
+            .header("connection", "x-secret-hop")
+            .header("proxy-authorization", "Basic Y2xpZW50")
+            .header("user-agent", "OpenAI/Python 1.99.0")
+            .header("idempotency-key", "idem-1")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .header("tracestate", "vendor=value")
+            .header("x-request-id", "client-request-1")
+            .header("accept", "application/json")
             .send()
             .await
             .unwrap(),
@@ -223,6 +239,7 @@ async fn the_upstream_gets_the_rewritten_body_and_the_providers_key_only() {
     assert_eq!(requests.len(), 1);
     let sent = &requests[0];
     assert_eq!(sent.path, "/v1/chat/completions");
+    assert_eq!(sent.query, None, "the client's query string stays behind");
     assert_eq!(sent.model.as_deref(), Some("gpt-4o"));
     let header = |name: &str| {
         sent.headers
@@ -237,7 +254,33 @@ async fn the_upstream_gets_the_rewritten_body_and_the_providers_key_only() {
     assert_eq!(header("openai-project"), None);
     assert_eq!(header("accept-encoding").as_deref(), Some("identity"));
     assert_eq!(header("x-sentinel-session"), None);
-    assert_eq!(header("x-custom-header").as_deref(), Some("kept"));
+    // An allow-list: only what a provider needs goes upstream.
+    for dropped in [
+        "x-custom-header",
+        "cookie",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "forwarded",
+        "x-secret-hop",
+        "proxy-authorization",
+        "x-sentinel-tier",
+    ] {
+        assert_eq!(header(dropped), None, "{dropped} went upstream");
+    }
+    for (kept, value) in [
+        ("user-agent", "OpenAI/Python 1.99.0"),
+        ("idempotency-key", "idem-1"),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("tracestate", "vendor=value"),
+        ("x-request-id", "client-request-1"),
+        ("accept", "application/json"),
+        ("content-type", "application/json"),
+    ] {
+        assert_eq!(header(kept).as_deref(), Some(value), "{kept}");
+    }
     let mut expected = body.clone();
     expected.as_object_mut().unwrap().remove("tier");
     expected["model"] = json!("gpt-4o");

@@ -8,6 +8,7 @@
 //! | [`choice`] | the weighted pick of a model within a tier (weight = 1 / relative cost) |
 //! | [`session`] | the session rule: upgrades allowed, never a downgrade |
 //! | [`backoff`] | how long a failing model or provider waits |
+//! | [`redact`] | URLs made safe to print (credentials and queries hidden) |
 //! | [`source`] | the [`TierConfigSource`] trait the routing layer loads configs through |
 //!
 //! Everything that needs time, randomness or the network takes it from the
@@ -37,6 +38,7 @@
 pub mod backoff;
 pub mod choice;
 pub mod config;
+pub mod redact;
 pub mod session;
 pub mod source;
 pub mod tier;

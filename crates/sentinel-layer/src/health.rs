@@ -70,7 +70,10 @@ impl fmt::Debug for HealthTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HealthTarget")
             .field("provider", &self.provider)
-            .field("base_url", &self.base_url)
+            .field(
+                "base_url",
+                &sentinel_core::redact::redact_url(&self.base_url),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -27,9 +27,11 @@
 
 pub mod demo;
 pub mod metrics;
+mod serve;
 mod server;
 pub mod settings;
 pub mod source;
+mod sse;
 pub mod upstream;
 
 use std::fmt;
@@ -37,7 +39,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use http::Request;
 use http_body_util::Full;
 use sentinel_core::{StaticConfig, TierConfigSource};
@@ -174,7 +175,8 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
     let mut layer = TierRoutingLayer::builder(source.clone())
         .failure_threshold(settings.failure_threshold)
         .backoff(settings.backoff_initial, settings.backoff_max)
-        .body_limit(settings.body_limit);
+        .body_limit(settings.body_limit)
+        .body_timeout(settings.client.body_read_timeout);
     layer = match &pool {
         Some(pool) => layer
             .session_store(RedisSessionStore::new(
@@ -219,9 +221,14 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
     let state = server::AppState {
         source: source.clone(),
         prometheus,
-        inbound_keys: Arc::new(settings.inbound_keys.clone()),
     };
-    let app = tower::make::Shared::new(server::app(state, layer.layer(upstream)));
+    let app = server::app(
+        state,
+        layer.layer(upstream),
+        &settings.inbound_keys,
+        settings.client.max_in_flight,
+        &settings.cors_origins,
+    );
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -237,33 +244,17 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
     layer.start_background_tasks();
     warm_up(source);
 
-    let (stop, mut stopped) = watch::channel(false);
-    let drain = settings.drain_timeout;
-    let task = tokio::spawn(async move {
-        let mut signal = stopped.clone();
-        let shutdown = async move {
-            let _ = signal.wait_for(|s| *s).await;
-        };
-        // Responses and SSE chunks go out as soon as they are written: no
-        // Nagle delay waiting for the client's ACK.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-        let drained = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-            tokio::time::sleep(drain).await;
-        };
-        tokio::select! {
-            result = serve => result,
-            () = drained => {
-                tracing::warn!(drain_secs = drain.as_secs(), "drain timeout passed; closing the remaining connections");
-                Ok(())
-            }
-        }
-    });
+    let (stop, stopped) = watch::channel(false);
+    let builder = serve::builder(&settings.client);
+    let limits = serve::ConnLimits::from(&settings.client);
+    let task = tokio::spawn(serve::serve(
+        listener,
+        app,
+        builder,
+        limits,
+        stopped,
+        settings.drain_timeout,
+    ));
     Ok(Running { addr, stop, task })
 }
 

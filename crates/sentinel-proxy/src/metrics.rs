@@ -29,6 +29,8 @@ pub const STREAM_ERRORS: &str = "sentinel_stream_errors_total";
 pub const UNKNOWN_PROVIDER_MODELS: &str = "sentinel_unknown_provider_models_total";
 /// Every HTTP request answered.
 pub const HTTP_REQUESTS: &str = "sentinel_http_requests_total";
+/// Requests shed at once because the in-flight cap was reached.
+pub const REQUESTS_SHED: &str = "sentinel_requests_shed_total";
 
 /// Buckets of the latency histograms, in seconds.
 const BUCKETS: &[f64] = &[
@@ -93,5 +95,9 @@ fn describe() {
     describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests answered by the proxy, by status class."
+    );
+    describe_counter!(
+        REQUESTS_SHED,
+        "Requests answered 503 overloaded because the in-flight cap was reached."
     );
 }

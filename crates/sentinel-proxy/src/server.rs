@@ -1,21 +1,25 @@
-//! The HTTP server: routes, inbound auth, request ids and the access log.
+//! The HTTP service: routes, inbound auth, admission control, CORS, request
+//! ids and the access log. Connections are served by [`crate::serve`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post_service};
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sentinel_core::{Tier, TierConfigSource};
 use sentinel_layer::{ErrorCode, RoutingDecision, SentinelError, TierRouting, UpstreamError};
 use subtle::ConstantTimeEq;
-use tower::ServiceExt;
+use tokio::sync::Semaphore;
+use tower::{Layer, ServiceExt};
 
 use crate::metrics as m;
+use crate::serve::Guarded;
 use crate::settings::Secret;
 use crate::upstream::Upstream;
 
@@ -26,28 +30,69 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub(crate) struct AppState {
     pub(crate) source: Arc<dyn TierConfigSource>,
     pub(crate) prometheus: PrometheusHandle,
-    pub(crate) inbound_keys: Arc<Vec<Secret>>,
 }
 
-/// The proxy's service: [`Front`] (request ids, the access log, inbound
-/// auth) around the router, which sends the routed paths to the routed
-/// service.
-pub(crate) fn app(state: AppState, routed: TierRouting<Upstream>) -> Front<Router> {
+/// The proxy's service, outer to inner: CORS (when origins are set),
+/// [`Front`] (request ids, the access log, inbound auth, admission), the
+/// router, which sends `POST`s to the routed paths to the routed service.
+pub(crate) fn app(
+    state: AppState,
+    routed: TierRouting<Upstream>,
+    keys: &[Secret],
+    max_in_flight: usize,
+    cors_origins: &[String],
+) -> tower::util::Either<tower_http::cors::Cors<Front<Router>>, Front<Router>> {
     let routed = Answered(routed);
-    let keys = state.inbound_keys.clone();
     let router = Router::new()
-        .route_service("/v1/chat/completions", routed.clone())
-        .route_service("/v1/responses", routed)
+        .route(
+            "/v1/chat/completions",
+            post_service(routed.clone()).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/responses",
+            post_service(routed).fallback(method_not_allowed),
+        )
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .with_state(state);
-    Front {
+    let front = Front {
         inner: router,
-        inbound_keys: keys,
+        inbound_keys: Arc::new(keys.iter().map(|k| KeyDigest::of(k.expose())).collect()),
+        admission: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
+    };
+    match cors(cors_origins) {
+        Some(cors) => tower::util::Either::Left(cors.layer(front)),
+        None => tower::util::Either::Right(front),
     }
+}
+
+/// The CORS layer for `origins` (`*`: any), or none when the list is empty.
+/// Preflights are answered here, before the inbound keys are asked for (a
+/// browser sends none with them).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([http::Method::GET, http::Method::POST])
+            // SDKs send headers of their own (`x-stainless-*`, `openai-beta`):
+            // whatever the preflight asks for, from an allowed origin.
+            .allow_headers(AllowHeaders::mirror_request())
+            .expose_headers([MODEL_NAME, TIER_NAME, REQUEST_ID_NAME, header::RETRY_AFTER])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// The future of the proxy's own services.
@@ -89,12 +134,47 @@ fn upstream_failed(e: &UpstreamError) -> Response {
         .into_response()
 }
 
+/// A tier as an OpenAI model object.
+fn model_object(tier: Tier) -> serde_json::Value {
+    serde_json::json!({ "id": tier.as_str(), "object": "model", "created": 0, "owned_by": "sentinel" })
+}
+
 async fn models() -> Response {
-    let data: Vec<_> = Tier::ALL
-        .iter()
-        .map(|t| serde_json::json!({ "id": t.as_str(), "object": "model", "created": 0, "owned_by": "sentinel" }))
-        .collect();
+    let data: Vec<_> = Tier::ALL.into_iter().map(model_object).collect();
     axum::Json(serde_json::json!({ "object": "list", "data": data })).into_response()
+}
+
+/// `GET /v1/models/{id}`: a tier, as OpenAI's model retrieval answers.
+async fn model(axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    match id.parse::<Tier>() {
+        Ok(tier) => axum::Json(model_object(tier)).into_response(),
+        Err(_) => {
+            let shown: String = id.chars().take(64).collect();
+            SentinelError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "the model `{shown}` does not exist: Sentinel serves the tiers {}",
+                    Tier::ALL.map(Tier::as_str).join(", ")
+                ),
+            )
+            .into_response()
+            .into_response()
+        }
+    }
+}
+
+/// A routed path with another method than `POST`.
+async fn method_not_allowed(method: http::Method) -> Response {
+    let mut response = SentinelError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("this path takes POST, not {}", method.as_str()),
+    )
+    .into_response()
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -136,27 +216,63 @@ async fn not_found(request: Request) -> Response {
     .into_response()
 }
 
-/// Whether `request` may pass: `/v1/` is guarded by the inbound keys
-/// (when there are any), compared in constant time.
-fn authorized(keys: &[Secret], request: &Request) -> bool {
+/// An inbound key, as the SHA-256 digest it is compared by: digests of the
+/// same length whatever the key's, compared in constant time, so neither
+/// the comparison's time nor its length says anything about the key.
+pub(crate) struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    fn of(key: &str) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        KeyDigest(bytes)
+    }
+}
+
+/// The bearer token of `Authorization` (the scheme in any case).
+fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Whether `request` may pass: `/v1/` and `/admin/` are guarded by the
+/// inbound keys (when there are any).
+fn authorized(keys: &[KeyDigest], request: &Request) -> bool {
     let path = request.uri().path();
-    let guarded = path == "/v1" || path.starts_with("/v1/");
+    let guarded = path == "/v1" || path.starts_with("/v1/") || path.starts_with("/admin/");
     if !guarded || keys.is_empty() {
         return true;
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or("");
+    let Some(token) = bearer_token(request.headers()) else {
+        return false;
+    };
+    let presented = KeyDigest::of(token);
     // Compare against every key, without stopping at a match.
     let mut ok = subtle::Choice::from(0u8);
     for key in keys {
-        ok |= presented.as_bytes().ct_eq(key.expose().as_bytes());
+        ok |= presented.0.ct_eq(&key.0);
     }
-    !presented.is_empty() && bool::from(ok)
+    bool::from(ok)
+}
+
+/// Paths that are never shed: an overloaded proxy still answers its
+/// probes and its metrics.
+fn exempt_from_admission(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+fn overloaded() -> Response {
+    ::metrics::counter!(m::REQUESTS_SHED).increment(1);
+    SentinelError::new(
+        ErrorCode::Overloaded,
+        "Sentinel is serving as many requests as it is allowed to: retry shortly",
+    )
+    .retry_after(std::time::Duration::from_secs(1))
+    .into_response()
+    .into_response()
 }
 
 fn unauthorized() -> Response {
@@ -198,14 +314,21 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
 }
 
-/// The outermost service: sets `X-Request-Id` on every request and
-/// response, answers `401` to requests without a valid inbound key, and logs
-/// each request once. One service instead of a middleware per concern: no
-/// boxed clone of the router per concern and per request.
+/// The front service: sets `X-Request-Id` on every request and response,
+/// answers `401` to requests without a valid inbound key, sheds load over
+/// the in-flight cap (`503 overloaded`, `Retry-After: 1`, at once, never
+/// queued), and logs each request once. One service instead of a
+/// middleware per concern: no boxed clone of the router per concern and
+/// per request.
+///
+/// The cap is a semaphore whose permit travels with the response body, so
+/// a stream holds its place until its last byte; tower's
+/// `ConcurrencyLimit` would release it when the response head is ready.
 #[derive(Clone)]
 pub(crate) struct Front<S> {
     inner: S,
-    inbound_keys: Arc<Vec<Secret>>,
+    inbound_keys: Arc<Vec<KeyDigest>>,
+    admission: Arc<Semaphore>,
 }
 
 impl<S> tower::Service<Request> for Front<S>
@@ -237,11 +360,27 @@ where
         };
         let method = request.method().clone();
         let uri = request.uri().clone();
-        let inner = authorized(&self.inbound_keys, &request).then(|| self.inner.clone());
+        let admitted = if !authorized(&self.inbound_keys, &request) {
+            Err(unauthorized())
+        } else if exempt_from_admission(uri.path()) {
+            Ok(None)
+        } else {
+            match self.admission.clone().try_acquire_owned() {
+                Ok(permit) => Ok(Some(permit)),
+                Err(_) => Err(overloaded()),
+            }
+        };
+        let inner = self.inner.clone();
         Box::pin(async move {
-            let mut response = match inner {
-                Some(inner) => inner.oneshot(request).await?,
-                None => unauthorized(),
+            let mut response = match admitted {
+                Ok(permit) => {
+                    let response = inner.oneshot(request).await?;
+                    match permit {
+                        Some(permit) => response.map(|body| Body::new(Guarded::new(body, permit))),
+                        None => response,
+                    }
+                }
+                Err(refused) => refused,
             };
             response.headers_mut().insert(REQUEST_ID_NAME, id.clone());
             log_request(&id, &method, &uri, started, &response);

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use sentinel_core::redact::redact_url;
 use sentinel_core::{RawTierConfig, RawTiers, TierConfig};
 use serde::Deserialize;
 
@@ -40,6 +41,23 @@ SETTINGS (environment variable / file key: meaning [default])
   SENTINEL_BODY_LIMIT_BYTES / body_limit_bytes  largest request body [33554432]
   SENTINEL_DRAIN_TIMEOUT_SECS / drain_timeout_secs
                                                 graceful-shutdown drain [30]
+  SENTINEL_HEADER_READ_TIMEOUT_MS / client.header_read_timeout_ms
+                                                a request's head must arrive within this, counted from
+                                                its first byte (from the accept for a connection's first
+                                                request); else the connection is closed [10000]
+  SENTINEL_BODY_READ_TIMEOUT_MS / client.body_read_timeout_ms
+                                                a routed request's whole body must arrive within this;
+                                                else 408 request_timeout [30000]
+  SENTINEL_KEEPALIVE_IDLE_TIMEOUT_MS / client.keepalive_idle_timeout_ms
+                                                an idle keep-alive connection is closed after this [75000]
+  SENTINEL_MAX_IN_FLIGHT / client.max_in_flight requests served at once (streams until their end); beyond
+                                                it 503 overloaded with Retry-After: 1 [10000]
+  SENTINEL_MAX_HEADER_BYTES / client.max_header_bytes
+                                                largest request head, 8192..=1048576; beyond it 431 [65536]
+  SENTINEL_CORS_ALLOWED_ORIGINS / cors.allowed_origins
+                                                origins browsers may call from (comma-separated in the
+                                                environment, a list in the file; `*` for any); unset: CORS
+                                                off, OPTIONS answers 405 [unset]
   SENTINEL_FAILURE_THRESHOLD / breaker.failure_threshold
                                                 consecutive failures that open a breaker [3]
   SENTINEL_BACKOFF_INITIAL_SECS / breaker.backoff_initial_secs
@@ -110,7 +128,7 @@ impl From<&str> for Secret {
 }
 
 /// An OpenAI-compatible provider.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Provider {
     /// The name Zion and the tier config use.
     pub name: String,
@@ -118,6 +136,48 @@ pub struct Provider {
     pub base_url: String,
     /// Its key.
     pub api_key: Option<Secret>,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("base_url", &redact_url(&self.base_url))
+            .field("api_key", &self.api_key)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("zion_url", &self.zion_url.as_deref().map(redact_url))
+            .field("zion_api_key", &self.zion_api_key)
+            .field("redis_url", &self.redis_url)
+            .field("redis_prefix", &self.redis_prefix)
+            .field("tier_config_ttl", &self.tier_config_ttl)
+            .field("providers", &self.providers)
+            .field("tiers", &self.tiers.as_ref().map(|t| t.version()))
+            .field("inbound_keys", &self.inbound_keys.len())
+            .field("allow_unauthenticated", &self.allow_unauthenticated)
+            .field("demo", &self.demo)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("stream_idle_timeout", &self.stream_idle_timeout)
+            .field("body_limit", &self.body_limit)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("client", &self.client)
+            .field("cors_origins", &self.cors_origins)
+            .field("failure_threshold", &self.failure_threshold)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("session_ttl", &self.session_ttl)
+            .field("session_max_entries", &self.session_max_entries)
+            .field("health", &self.health)
+            .field("log", &self.log)
+            .finish()
+    }
 }
 
 /// Health-check settings.
@@ -133,8 +193,23 @@ pub struct Health {
     pub path: String,
 }
 
+/// Limits on the client side of the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// A request head must arrive within this, from its first byte.
+    pub header_read_timeout: Duration,
+    /// A routed request's whole body must arrive within this.
+    pub body_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub keepalive_idle_timeout: Duration,
+    /// Requests served at once; beyond it, 503 `overloaded`.
+    pub max_in_flight: usize,
+    /// Largest request head in bytes; beyond it, 431.
+    pub max_header_bytes: usize,
+}
+
 /// The resolved, validated settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// Listen address.
     pub listen: SocketAddr,
@@ -168,6 +243,10 @@ pub struct Settings {
     pub body_limit: usize,
     /// Graceful-shutdown drain.
     pub drain_timeout: Duration,
+    /// Limits on what clients may hold.
+    pub client: ClientLimits,
+    /// Origins allowed by CORS; empty: CORS off.
+    pub cors_origins: Vec<String>,
     /// Breaker threshold.
     pub failure_threshold: u32,
     /// First backoff wait.
@@ -221,6 +300,10 @@ struct File {
     #[serde(default)]
     health: FileHealth,
     #[serde(default)]
+    client: FileClient,
+    #[serde(default)]
+    cors: FileCors,
+    #[serde(default)]
     providers: BTreeMap<String, FileProvider>,
     tiers: Option<RawTiers>,
 }
@@ -255,6 +338,22 @@ struct FileHealth {
     interval_secs: Option<u64>,
     timeout_secs: Option<u64>,
     path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileClient {
+    header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    keepalive_idle_timeout_ms: Option<u64>,
+    max_in_flight: Option<u64>,
+    max_header_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCors {
+    allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -487,6 +586,58 @@ impl Settings {
             30,
             0..=3600,
         )?);
+        let client = ClientLimits {
+            header_read_timeout: ms(number(
+                env,
+                "SENTINEL_HEADER_READ_TIMEOUT_MS",
+                "client.header_read_timeout_ms",
+                file.client.header_read_timeout_ms,
+                10_000,
+                1..=600_000,
+            )?),
+            body_read_timeout: ms(number(
+                env,
+                "SENTINEL_BODY_READ_TIMEOUT_MS",
+                "client.body_read_timeout_ms",
+                file.client.body_read_timeout_ms,
+                30_000,
+                1..=3_600_000,
+            )?),
+            keepalive_idle_timeout: ms(number(
+                env,
+                "SENTINEL_KEEPALIVE_IDLE_TIMEOUT_MS",
+                "client.keepalive_idle_timeout_ms",
+                file.client.keepalive_idle_timeout_ms,
+                75_000,
+                1..=3_600_000,
+            )?),
+            max_in_flight: number(
+                env,
+                "SENTINEL_MAX_IN_FLIGHT",
+                "client.max_in_flight",
+                file.client.max_in_flight,
+                10_000,
+                1..=1_000_000,
+            )? as usize,
+            max_header_bytes: number(
+                env,
+                "SENTINEL_MAX_HEADER_BYTES",
+                "client.max_header_bytes",
+                file.client.max_header_bytes,
+                64 << 10,
+                8192..=(1 << 20),
+            )? as usize,
+        };
+        let cors_origins = match var(env, "SENTINEL_CORS_ALLOWED_ORIGINS") {
+            Some(v) => origins(
+                "SENTINEL_CORS_ALLOWED_ORIGINS",
+                v.split(',').map(str::to_owned).collect(),
+            )?,
+            None => match file.cors.allowed_origins.clone() {
+                Some(list) => origins("cors.allowed_origins", list)?,
+                None => Vec::new(),
+            },
+        };
         let failure_threshold = number(
             env,
             "SENTINEL_FAILURE_THRESHOLD",
@@ -603,6 +754,8 @@ impl Settings {
             stream_idle_timeout,
             body_limit,
             drain_timeout,
+            client,
+            cors_origins,
             failure_threshold,
             backoff_initial,
             backoff_max,
@@ -632,6 +785,43 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// CORS origins: `*`, or `http(s)://host[:port]` each (no path), trimmed,
+/// empty entries skipped.
+fn origins(setting: &str, list: Vec<String>) -> Result<Vec<String>, SettingsError> {
+    let list: Vec<String> = list
+        .iter()
+        .map(|o| o.trim().to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    for origin in &list {
+        if origin == "*" {
+            continue;
+        }
+        let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+            && origin.parse::<http::Uri>().is_ok_and(|u| {
+                u.host().is_some()
+                    && u.path() == "/"
+                    && !origin.ends_with('/')
+                    && u.query().is_none()
+            })
+            && !origin.contains('@')
+            && http::HeaderValue::from_str(origin).is_ok();
+        if !ok {
+            return Err(SettingsError::new(
+                setting,
+                "each origin must be `*` or scheme://host[:port] (http or https, no path)",
+            ));
+        }
+    }
+    if list.len() > 1 && list.iter().any(|o| o == "*") {
+        return Err(SettingsError::new(
+            setting,
+            "`*` allows every origin and cannot be listed with others",
+        ));
+    }
+    Ok(list)
 }
 
 fn read_file(path: &Path) -> Result<File, SettingsError> {
@@ -718,6 +908,14 @@ models = [{ provider = "azure", model = "m", relative_cost = 2 }]
             ("REDIS_URL", "http://redis"),
             ("SENTINEL_LOG", "loud"),
             ("SENTINEL_HEALTH_CHECKS", "maybe"),
+            ("SENTINEL_HEADER_READ_TIMEOUT_MS", "0"),
+            ("SENTINEL_BODY_READ_TIMEOUT_MS", "x"),
+            ("SENTINEL_KEEPALIVE_IDLE_TIMEOUT_MS", "0"),
+            ("SENTINEL_MAX_IN_FLIGHT", "0"),
+            ("SENTINEL_MAX_HEADER_BYTES", "4096"),
+            ("SENTINEL_CORS_ALLOWED_ORIGINS", "https://app.example/path"),
+            ("SENTINEL_CORS_ALLOWED_ORIGINS", "*,https://app.example"),
+            ("SENTINEL_CORS_ALLOWED_ORIGINS", "ftp://app.example"),
         ];
         for (name, value) in cases {
             let err = load(&[(name, value)], Cli::default()).unwrap_err();
@@ -747,18 +945,77 @@ models = [{ provider = "azure", model = "m", relative_cost = 2 }]
     }
 
     #[test]
+    fn client_limits_and_cors_have_defaults_and_read_the_environment() {
+        let s = load(&[], Cli::default()).unwrap();
+        assert_eq!(
+            s.client,
+            ClientLimits {
+                header_read_timeout: Duration::from_secs(10),
+                body_read_timeout: Duration::from_secs(30),
+                keepalive_idle_timeout: Duration::from_secs(75),
+                max_in_flight: 10_000,
+                max_header_bytes: 65_536,
+            }
+        );
+        assert!(s.cors_origins.is_empty(), "CORS is off by default");
+        let s = load(
+            &[
+                ("SENTINEL_HEADER_READ_TIMEOUT_MS", "1500"),
+                ("SENTINEL_MAX_IN_FLIGHT", "7"),
+                (
+                    "SENTINEL_CORS_ALLOWED_ORIGINS",
+                    " https://app.example , http://localhost:3000,",
+                ),
+            ],
+            Cli::default(),
+        )
+        .unwrap();
+        assert_eq!(s.client.header_read_timeout, Duration::from_millis(1500));
+        assert_eq!(s.client.max_in_flight, 7);
+        assert_eq!(
+            s.cors_origins,
+            ["https://app.example", "http://localhost:3000"]
+        );
+    }
+
+    #[test]
     fn secrets_are_redacted() {
+        let dir =
+            std::env::temp_dir().join(format!("sentinel-settings-url-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[providers.local]\nbase_url = \"https://puser:ppass@llm.example/v1\"\n",
+        )
+        .unwrap();
         let s = load(
             &[
                 ("OPENAI_API_KEY", "sk-very-secret"),
                 ("SENTINEL_API_KEYS", "in-1"),
                 ("ZION_API_KEY", "z-secret"),
+                ("ZION_URL", "https://zuser:zpass@zion.example"),
+                ("REDIS_URL", "redis://:rpass@127.0.0.1:1"),
             ],
-            Cli::default(),
+            Cli {
+                config: Some(path),
+                ..Cli::default()
+            },
         )
         .unwrap();
+        std::fs::remove_dir_all(dir).ok();
         let shown = format!("{s:?}");
-        for secret in ["sk-very-secret", "in-1", "z-secret"] {
+        assert!(shown.contains("llm.example") && shown.contains("zion.example"));
+        for secret in [
+            "sk-very-secret",
+            "in-1",
+            "z-secret",
+            "puser",
+            "ppass",
+            "zuser",
+            "zpass",
+            "rpass",
+        ] {
             assert!(!shown.contains(secret), "{secret} leaked");
         }
     }

@@ -43,6 +43,7 @@ use tower::Service;
 
 use crate::metrics as m;
 use crate::settings::Provider;
+use crate::sse::{self, contains};
 
 /// The upstream HTTP client: hyper's pooled client over rustls
 /// ([`sentinel_zion::tls_config`]: webpki roots, `ring` passed explicitly),
@@ -144,26 +145,22 @@ impl Upstream {
     }
 }
 
-/// Request headers that never go upstream: the client's credentials and
-/// account, hop-by-hop headers, what the client's body had (the body is
-/// rewritten), and Sentinel's own.
-const DROPPED_REQUEST_HEADERS: [HeaderName; 16] = [
-    header::AUTHORIZATION,
-    HeaderName::from_static("openai-organization"),
-    HeaderName::from_static("openai-project"),
-    header::HOST,
-    header::CONTENT_LENGTH,
-    header::ACCEPT_ENCODING,
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("x-sentinel-tier"),
-    HeaderName::from_static("x-sentinel-session"),
+/// The client's request headers that go upstream: what an
+/// OpenAI-compatible provider needs to read the request and to tie it to
+/// the client's own records. Everything else stays behind: the client's
+/// credentials and account (`Authorization`, `OpenAI-Organization`,
+/// `OpenAI-Project`), cookies, `X-Forwarded-*`, hop-by-hop headers and
+/// whatever `Connection` names, the body's framing (the body is
+/// rewritten), and Sentinel's own headers. Sentinel then sets the
+/// provider's `Authorization` and `Accept-Encoding: identity`.
+pub const FORWARDED_REQUEST_HEADERS: [HeaderName; 7] = [
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    header::USER_AGENT,
+    HeaderName::from_static("idempotency-key"),
+    HeaderName::from_static(crate::REQUEST_ID),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
 ];
 
 /// Response headers that are the connection's, not the response's, or
@@ -203,8 +200,9 @@ impl Upstream {
         req: Request<RoutedBody<Body>>,
     ) -> Result<Response<Body>, UpstreamError> {
         let Some(decision) = req.extensions().get::<RoutingDecision>().cloned() else {
-            // A non-POST request on a routed path: Sentinel does not serve it.
-            let err = SentinelError::new(ErrorCode::NotFound, "this path takes POST");
+            // The server sends only routed requests here; anything else is
+            // not Sentinel's to forward.
+            let err = SentinelError::new(ErrorCode::NotFound, "this request is not routed");
             return Ok(err.into_response().map(Body::new));
         };
         let Some(target) = self.0.targets.get(&*decision.provider) else {
@@ -213,23 +211,27 @@ impl Upstream {
                 decision.provider
             )));
         };
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let path = parts.uri.path();
         let rest = path.strip_prefix("/v1").unwrap_or(path);
-        let url = match parts.uri.query() {
-            Some(query) => format!("{}{rest}?{query}", target.base_url),
-            None => format!("{}{rest}", target.base_url),
-        };
-        let Ok(uri) = Uri::try_from(url) else {
+        // The client's query string stays behind: neither routed API takes one.
+        let Ok(uri) = Uri::try_from(format!("{}{rest}", target.base_url)) else {
             return Err(UpstreamError::other("the upstream URL is invalid"));
         };
         // Streaming chat completions: ask for the usage chunk so costs can be
         // counted, and hide it from a client that did not ask for it.
         let chat = rest.ends_with("/chat/completions");
+        let api = if chat {
+            sse::Api::Chat
+        } else {
+            sse::Api::Responses
+        };
 
-        let mut headers = std::mem::take(&mut parts.headers);
-        for name in &DROPPED_REQUEST_HEADERS {
-            headers.remove(name);
+        let mut headers = http::HeaderMap::with_capacity(FORWARDED_REQUEST_HEADERS.len() + 2);
+        for name in &FORWARDED_REQUEST_HEADERS {
+            for value in parts.headers.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
         }
         if let Some(auth) = &target.authorization {
             headers.insert(header::AUTHORIZATION, auth.clone());
@@ -290,10 +292,9 @@ impl Upstream {
             idle: Box::pin(tokio::time::sleep(self.0.timeouts.stream_idle)),
             idle_timeout: self.0.timeouts.stream_idle,
             last_data: Instant::now(),
-            sse,
             done: false,
             usage,
-            hidden: (sse && hide_usage).then(BytesMut::new),
+            framer: sse.then(|| sse::Framer::new(api, hide_usage)),
         };
         Ok(Response::from_parts(parts, Body::new(body)))
     }
@@ -462,10 +463,6 @@ impl Drop for Usage {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 /// The parts of a response (or of an SSE event) that carry usage; every
 /// other member is skipped without building a tree.
 #[derive(Deserialize)]
@@ -522,12 +519,11 @@ pin_project_lite::pin_project! {
         idle: Pin<Box<Sleep>>,
         idle_timeout: Duration,
         last_data: Instant,
-        sse: bool,
         done: bool,
         usage: Option<Usage>,
-        // Set when Sentinel added `include_usage`: incomplete SSE events,
-        // held until whole so the usage-only chunk can be left out.
-        hidden: Option<BytesMut>,
+        // SSE: passes whole events only (and leaves out the usage-only
+        // chunk when Sentinel asked for it).
+        framer: Option<sse::Framer>,
     }
 }
 
@@ -602,56 +598,6 @@ fn merge_include_usage(body: Bytes) -> (Bytes, bool) {
     }
 }
 
-/// Takes the whole SSE events out of `pending` and returns them, minus the
-/// usage-only chunk (`"choices":[]` with a `usage`), which the client did
-/// not ask for.
-fn whole_events_without_usage(pending: &mut BytesMut) -> Bytes {
-    let mut out = BytesMut::new();
-    while let Some(end) = event_end(pending) {
-        let event = pending.split_to(end);
-        if !is_usage_only(&event) {
-            out.extend_from_slice(&event);
-        }
-    }
-    out.freeze()
-}
-
-/// The end of the first whole event (after its blank line), if any.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn is_usage_only(event: &[u8]) -> bool {
-    if !contains(event, b"\"usage\"") {
-        return false;
-    }
-    event
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.strip_prefix(b"data:"))
-        .filter_map(|payload| {
-            serde_json::from_slice::<serde_json::Value>(payload.trim_ascii()).ok()
-        })
-        .any(|v| {
-            v.get("choices")
-                .and_then(|c| c.as_array())
-                .is_some_and(Vec::is_empty)
-                && v.get("usage").is_some_and(|u| u.is_object())
-        })
-}
-
-/// The SSE event that ends a broken stream.
-fn stream_error_event(message: &str) -> Bytes {
-    let event = serde_json::json!({
-        "error": { "message": message, "type": "server_error", "param": null, "code": "upstream_failed" }
-    });
-    Bytes::from(format!("data: {event}\n\n"))
-}
-
 impl http_body::Body for UpstreamBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -668,37 +614,29 @@ impl http_body::Body for UpstreamBody {
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     *this.last_data = Instant::now();
-                    let Some(data) = frame.data_ref() else {
-                        return Poll::Ready(Some(Ok(frame)));
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     };
                     if let Some(usage) = this.usage.as_mut() {
-                        usage.feed(data);
+                        usage.feed(&data);
                     }
-                    let Some(pending) = this.hidden.as_mut() else {
-                        return Poll::Ready(Some(Ok(frame)));
+                    let Some(framer) = this.framer.as_mut() else {
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
                     };
-                    // Whole events without usage pass as they are.
-                    if pending.is_empty()
-                        && data.ends_with(b"\n\n")
-                        && !contains(data, b"\"usage\"")
-                    {
-                        return Poll::Ready(Some(Ok(frame)));
+                    match framer.push(data) {
+                        Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Ok(None) => continue,
+                        Err(sse::EventTooLarge) => break 'read "event_too_large",
                     }
-                    pending.extend_from_slice(data);
-                    let out = whole_events_without_usage(pending);
-                    if out.is_empty() {
-                        continue;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(out))));
                 }
                 Poll::Ready(None) => {
                     *this.done = true;
                     if let Some(mut usage) = this.usage.take() {
                         usage.finish();
                     }
-                    // A last event without its blank line: pass it on as it is.
-                    if let Some(rest) = this.hidden.take().filter(|r| !r.is_empty()) {
-                        return Poll::Ready(Some(Ok(Frame::data(rest.freeze()))));
+                    if let Some(rest) = this.framer.as_mut().and_then(sse::Framer::finish) {
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
                     }
                     return Poll::Ready(None);
                 }
@@ -725,19 +663,26 @@ impl http_body::Body for UpstreamBody {
         }
         ::metrics::counter!(m::STREAM_ERRORS, "reason" => failure).increment(1);
         tracing::warn!(reason = failure, "upstream response body ended abnormally");
-        if *this.sse {
-            let message = match failure {
-                "idle_timeout" => "the upstream stream stalled beyond the idle timeout",
-                _ => "the upstream stream broke before it finished",
-            };
-            let mut out = this.hidden.take().map(|b| b.to_vec()).unwrap_or_default();
-            if !out.is_empty() && !out.ends_with(b"\n\n") {
-                out.extend_from_slice(b"\n\n");
+        match this.framer.as_mut() {
+            Some(framer) => {
+                let (code, message) = match failure {
+                    "idle_timeout" => (
+                        ErrorCode::UpstreamTimeout,
+                        "the upstream stream stalled beyond the idle timeout",
+                    ),
+                    "event_too_large" => (
+                        ErrorCode::UpstreamFailed,
+                        "the upstream sent an event larger than Sentinel holds",
+                    ),
+                    _ => (
+                        ErrorCode::UpstreamFailed,
+                        "the upstream stream broke before it finished",
+                    ),
+                };
+                let event = framer.fail(code.as_str(), message);
+                Poll::Ready(Some(Ok(Frame::data(event))))
             }
-            out.extend_from_slice(&stream_error_event(message));
-            Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
-        } else {
-            Poll::Ready(Some(Err(failure.into())))
+            None => Poll::Ready(Some(Err(failure.into()))),
         }
     }
 
@@ -833,20 +778,6 @@ mod tests {
             v["stream_options"],
             serde_json::json!({ "include_usage": true, "x": 1 })
         );
-    }
-
-    #[test]
-    fn the_usage_only_chunk_is_hidden_and_everything_else_kept() {
-        let usage = r#"data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
-        let content = r#"data: {"choices":[{"delta":{"content":"usage"}}]}"#;
-        let text = format!("{content}\n\n{usage}\n\ndata: [DONE]\n\ndata: {{\"par");
-        let mut pending = BytesMut::from(text.as_bytes());
-        let out = whole_events_without_usage(&mut pending);
-        assert_eq!(
-            &out[..],
-            format!("{content}\n\ndata: [DONE]\n\n").as_bytes()
-        );
-        assert_eq!(&pending[..], br#"data: {"par"#, "an incomplete event waits");
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub enum UpstreamFault {
 pub struct RecordedRequest {
     /// The request path, such as `/v1/chat/completions`.
     pub path: String,
+    /// The query string, when there was one.
+    pub query: Option<String>,
     /// The body's `model` field, when it is a string.
     pub model: Option<String>,
     /// The request headers.
@@ -311,6 +313,7 @@ async fn complete(
     let model = body.get("model").and_then(Value::as_str).map(str::to_owned);
     lock(&state.requests).push(RecordedRequest {
         path: uri.path().to_owned(),
+        query: uri.query().map(str::to_owned),
         model: model.clone(),
         headers,
         body: body.clone(),

@@ -95,7 +95,10 @@ impl ZionSettings {
 impl fmt::Debug for ZionSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ZionSettings")
-            .field("base_url", &self.base_url)
+            .field(
+                "base_url",
+                &sentinel_core::redact::redact_url(&self.base_url),
+            )
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
@@ -144,7 +147,7 @@ pub struct ZionClient {
 impl fmt::Debug for ZionClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ZionClient")
-            .field("url", &self.url)
+            .field("url", &sentinel_core::redact::redact_url(&self.url))
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }

@@ -257,9 +257,14 @@ where
         None => match shared.source.load().await {
             Ok(c) => c,
             Err(e) => {
-                let err =
-                    SentinelError::new(ErrorCode::TierConfigUnavailable, e.reason().to_owned())
-                        .retry_after(e.retry_after());
+                // The reason may quote Zion's answer or the config: it goes
+                // to the log, and the client learns only what it can act on.
+                tracing::warn!(reason = e.reason(), "no tier config for a request");
+                let err = SentinelError::new(
+                    ErrorCode::TierConfigUnavailable,
+                    "no tier config is available yet: retry after the time in `Retry-After`",
+                )
+                .retry_after(e.retry_after());
                 return reject(err, grpc, Some(requested));
             }
         },

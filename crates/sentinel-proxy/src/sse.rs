@@ -1,0 +1,562 @@
+//! Server-sent events passed through to the client, whole events at a time.
+//!
+//! [`Framer`] hands the client only complete events (each ended by a blank
+//! line), so that when an upstream stream breaks, the error event Sentinel
+//! appends starts on an event boundary: the broken event's partial bytes
+//! were never sent and are dropped, never glued to the error line. It also
+//! leaves out the usage-only chunk when Sentinel asked for it on the
+//! client's behalf. What it holds back is bounded ([`EVENT_CAP`]): an
+//! upstream that never ends an event cannot make Sentinel buffer the whole
+//! answer. It scans each byte once, carrying its state from one chunk to
+//! the next, and a chunk that ends on a blank line (the usual case) passes
+//! through without a copy.
+//!
+//! Line ends follow the SSE spec: CRLF, LF or CR; an empty line ends an
+//! event.
+
+use bytes::{Bytes, BytesMut};
+
+/// The largest event held back while it is incomplete.
+pub(crate) const EVENT_CAP: usize = 4 << 20;
+
+/// An event grew past [`EVENT_CAP`] without ending.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct EventTooLarge;
+
+/// The API a stream belongs to: it decides the shape of the error event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    /// Chat completions: `data: {"error":{...}}`.
+    Chat,
+    /// The Responses API: `event: error` with its `error` event shape.
+    Responses,
+}
+
+/// Cuts an SSE stream into whole events. See the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct Framer {
+    /// Bytes after the last whole event.
+    pending: BytesMut,
+    /// How much of `pending` has been scanned.
+    scanned: usize,
+    /// The current line has no bytes yet.
+    line_empty: bool,
+    /// The last byte scanned was a CR (a following LF belongs to it).
+    prev_cr: bool,
+    /// Ends of the events found in `pending` since the last cut.
+    boundaries: Vec<usize>,
+    hide_usage: bool,
+    cap: usize,
+    api: Api,
+    /// The Responses API's highest `sequence_number` passed on.
+    last_sequence: Option<u64>,
+    /// The last cut ended on a CR at the end of what had arrived, so an LF
+    /// that comes next belongs to that event; `Some(hidden)` says whether
+    /// the event was left out.
+    after_cr_cut: Option<bool>,
+}
+
+impl Framer {
+    /// A framer for a stream of `api`; `hide_usage` leaves out the
+    /// usage-only chunk (`"choices":[]` with a `usage`).
+    pub(crate) fn new(api: Api, hide_usage: bool) -> Self {
+        Self::with_cap(api, hide_usage, EVENT_CAP)
+    }
+
+    pub(crate) fn with_cap(api: Api, hide_usage: bool, cap: usize) -> Self {
+        Framer {
+            pending: BytesMut::new(),
+            scanned: 0,
+            line_empty: true,
+            prev_cr: false,
+            boundaries: Vec::new(),
+            hide_usage,
+            cap,
+            api,
+            last_sequence: None,
+            after_cr_cut: None,
+        }
+    }
+
+    /// Takes the next chunk from upstream; returns the whole events it
+    /// completes, in order (`None`: nothing to send yet).
+    pub(crate) fn push(&mut self, mut data: Bytes) -> Result<Option<Bytes>, EventTooLarge> {
+        let mut lf = None;
+        if let Some(hidden) = self.after_cr_cut.take()
+            && data.first() == Some(&b'\n')
+        {
+            // The LF of the CRLF that ended the last event goes with it.
+            let byte = data.split_to(1);
+            self.prev_cr = false;
+            if !hidden {
+                lf = Some(byte);
+            }
+        }
+        let events = self.push_events(data)?;
+        Ok(match (lf, events) {
+            (None, events) => events,
+            (Some(lf), None) => Some(lf),
+            (Some(lf), Some(events)) => {
+                let mut out = BytesMut::with_capacity(1 + events.len());
+                out.extend_from_slice(&lf);
+                out.extend_from_slice(&events);
+                Some(out.freeze())
+            }
+        })
+    }
+
+    fn push_events(&mut self, data: Bytes) -> Result<Option<Bytes>, EventTooLarge> {
+        if self.pending.is_empty()
+            && data.ends_with(b"\n\n")
+            && !(self.hide_usage && contains(&data, b"\"usage\""))
+        {
+            // Everything before ended on a boundary and so does this chunk.
+            self.line_empty = true;
+            self.prev_cr = false;
+            self.note_sequence(&data);
+            return Ok(Some(data));
+        }
+        self.pending.extend_from_slice(&data);
+        self.scan();
+        let Some(&end) = self.boundaries.last() else {
+            return self.check_cap().map(|()| None);
+        };
+        let whole = self.pending.split_to(end).freeze();
+        self.scanned -= end;
+        let boundaries = std::mem::take(&mut self.boundaries);
+        self.check_cap()?;
+        let (out, last_hidden) = if self.hide_usage && contains(&whole, b"\"usage\"") {
+            without_usage_only(&whole, &boundaries)
+        } else {
+            (whole.clone(), false)
+        };
+        if self.pending.is_empty() && whole.last() == Some(&b'\r') {
+            self.after_cr_cut = Some(last_hidden);
+        }
+        self.note_sequence(&out);
+        Ok((!out.is_empty()).then_some(out))
+    }
+
+    /// The upstream stream ended cleanly: what is left (an event without
+    /// its blank line is passed on as it is; a client drops it).
+    pub(crate) fn finish(&mut self) -> Option<Bytes> {
+        let rest = std::mem::take(&mut self.pending).freeze();
+        let hidden = self.hide_usage && is_usage_only(&rest);
+        (!rest.is_empty() && !hidden).then_some(rest)
+    }
+
+    /// The upstream stream broke: the partial event is dropped and the
+    /// error event for the client is returned. It starts on an event
+    /// boundary, since only whole events were passed on.
+    pub(crate) fn fail(&mut self, code: &str, message: &str) -> Bytes {
+        self.pending.clear();
+        error_event(self.api, code, message, self.last_sequence.map(|n| n + 1))
+    }
+
+    fn check_cap(&self) -> Result<(), EventTooLarge> {
+        if self.pending.len() > self.cap {
+            Err(EventTooLarge)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Scans the bytes not yet scanned, recording where events end.
+    fn scan(&mut self) {
+        for at in self.scanned..self.pending.len() {
+            match self.pending[at] {
+                b'\n' if self.prev_cr => {
+                    // The LF of a CRLF: an event that ended at the CR ends after it.
+                    self.prev_cr = false;
+                    if let Some(end) = self.boundaries.last_mut()
+                        && *end == at
+                    {
+                        *end = at + 1;
+                    }
+                }
+                b @ (b'\r' | b'\n') => {
+                    if self.line_empty {
+                        self.boundaries.push(at + 1);
+                    }
+                    self.line_empty = true;
+                    self.prev_cr = b == b'\r';
+                }
+                _ => {
+                    self.line_empty = false;
+                    self.prev_cr = false;
+                }
+            }
+        }
+        self.scanned = self.pending.len();
+    }
+
+    /// Remembers the last `"sequence_number":N` passed on (Responses API).
+    fn note_sequence(&mut self, out: &[u8]) {
+        if self.api == Api::Responses
+            && let Some(n) = last_sequence_number(out)
+        {
+            self.last_sequence = Some(self.last_sequence.map_or(n, |m| m.max(n)));
+        }
+    }
+}
+
+/// The events of `whole` (ending at `boundaries`) minus the usage-only
+/// ones, and whether the last one was left out.
+fn without_usage_only(whole: &Bytes, boundaries: &[usize]) -> (Bytes, bool) {
+    let mut out = BytesMut::with_capacity(whole.len());
+    let mut start = 0;
+    let mut hidden = false;
+    for &end in boundaries {
+        let event = &whole[start..end];
+        hidden = is_usage_only(event);
+        if !hidden {
+            out.extend_from_slice(event);
+        }
+        start = end;
+    }
+    (out.freeze(), hidden)
+}
+
+/// Whether an event is the usage-only chat chunk: `"choices":[]` with a
+/// `usage` object.
+pub(crate) fn is_usage_only(event: &[u8]) -> bool {
+    if !contains(event, b"\"usage\"") {
+        return false;
+    }
+    event
+        .split(|&b| b == b'\n' || b == b'\r')
+        .filter_map(|line| line.strip_prefix(b"data:"))
+        .filter_map(|payload| {
+            serde_json::from_slice::<serde_json::Value>(payload.trim_ascii()).ok()
+        })
+        .any(|v| {
+            v.get("choices")
+                .and_then(|c| c.as_array())
+                .is_some_and(Vec::is_empty)
+                && v.get("usage").is_some_and(|u| u.is_object())
+        })
+}
+
+/// The number after the last `"sequence_number":` in `bytes`, if any.
+fn last_sequence_number(bytes: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"sequence_number\":";
+    let at = bytes.windows(KEY.len()).rposition(|w| w == KEY)?;
+    let digits: Vec<u8> = bytes[at + KEY.len()..]
+        .iter()
+        .copied()
+        .skip_while(u8::is_ascii_whitespace)
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// The event that ends a broken stream, in `api`'s error shape.
+pub(crate) fn error_event(api: Api, code: &str, message: &str, sequence: Option<u64>) -> Bytes {
+    let text = match api {
+        Api::Chat => {
+            let event = serde_json::json!({
+                "error": { "message": message, "type": "server_error", "param": null, "code": code }
+            });
+            format!("data: {event}\n\n")
+        }
+        Api::Responses => {
+            let event = serde_json::json!({
+                "type": "error",
+                "code": code,
+                "message": message,
+                "param": null,
+                "sequence_number": sequence.unwrap_or(0),
+            });
+            format!("event: error\ndata: {event}\n\n")
+        }
+    };
+    Bytes::from(text)
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Feeds `chunks`, collecting what the client gets.
+    fn run(framer: &mut Framer, chunks: &[&[u8]]) -> Result<Vec<u8>, EventTooLarge> {
+        let mut out = Vec::new();
+        for chunk in chunks {
+            if let Some(b) = framer.push(Bytes::copy_from_slice(chunk))? {
+                out.extend_from_slice(&b);
+            }
+        }
+        Ok(out)
+    }
+
+    const USAGE: &str =
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
+    const CONTENT: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"usage\"}}]}\n\n";
+
+    #[test]
+    fn whole_events_pass_and_a_partial_one_waits() {
+        let mut f = Framer::new(Api::Chat, false);
+        let out = run(&mut f, &[b"data: a\n\ndata: b", b"c\n", b"\ndata: d"]).unwrap();
+        assert_eq!(out, b"data: a\n\ndata: bc\n\n");
+        assert_eq!(f.finish().as_deref(), Some(&b"data: d"[..]));
+    }
+
+    #[test]
+    fn crlf_and_cr_line_ends_end_events() {
+        let mut f = Framer::new(Api::Chat, false);
+        let out = run(&mut f, &[b"data: a\r\n\r", b"\ndata: b\r\rdata: c"]).unwrap();
+        // The event ended at the CR; its LF goes out with the next event.
+        assert_eq!(out, b"data: a\r\n\r\ndata: b\r\r");
+        let mut f = Framer::new(Api::Chat, false);
+        let out = run(&mut f, &[b"data: a\r\n\r\ndata: b\n\r\n"]).unwrap();
+        assert_eq!(out, b"data: a\r\n\r\ndata: b\n\r\n");
+    }
+
+    #[test]
+    fn the_usage_only_chunk_is_hidden_only_when_asked() {
+        let stream = format!("{CONTENT}{USAGE}data: [DONE]\n\n");
+        let mut f = Framer::new(Api::Chat, true);
+        let out = run(&mut f, &[stream.as_bytes()]).unwrap();
+        assert_eq!(out, format!("{CONTENT}data: [DONE]\n\n").as_bytes());
+        // Split anywhere, the same.
+        for split in 0..stream.len() {
+            let mut f = Framer::new(Api::Chat, true);
+            let (a, b) = stream.as_bytes().split_at(split);
+            let out = run(&mut f, &[a, b]).unwrap();
+            assert_eq!(
+                out,
+                format!("{CONTENT}data: [DONE]\n\n").as_bytes(),
+                "{split}"
+            );
+        }
+        let mut f = Framer::new(Api::Chat, false);
+        assert_eq!(
+            run(&mut f, &[stream.as_bytes()]).unwrap(),
+            stream.as_bytes()
+        );
+        // A usage-only event without its blank line at the end: hidden too.
+        let mut f = Framer::new(Api::Chat, true);
+        assert_eq!(run(&mut f, &[USAGE.trim_end().as_bytes()]).unwrap(), b"");
+        assert_eq!(f.finish(), None);
+    }
+
+    /// Found by `whole_events_survive_any_cuts`: a hidden usage event
+    /// ending in CRLF CRLF, cut between its last CR and LF. The LF belongs
+    /// to the hidden event and must not reach the client on its own.
+    #[test]
+    fn a_hidden_event_cut_inside_its_last_crlf_stays_hidden() {
+        let usage = USAGE.replace("\n\n", "\r\n\r\n");
+        let stream = format!("data: a\n\n{usage}");
+        let (a, b) = stream.as_bytes().split_at(stream.len() - 1);
+        let mut f = Framer::new(Api::Chat, true);
+        let mut out = run(&mut f, &[a, b]).unwrap();
+        out.extend(f.finish().into_iter().flatten());
+        assert_eq!(out, b"data: a\n\n");
+        // Shown, the same event keeps its LF.
+        let mut f = Framer::new(Api::Chat, false);
+        let mut out = run(&mut f, &[a, b]).unwrap();
+        out.extend(f.finish().into_iter().flatten());
+        assert_eq!(out, stream.as_bytes());
+    }
+
+    #[test]
+    fn an_event_that_never_ends_is_bounded() {
+        let mut f = Framer::with_cap(Api::Chat, false, 64);
+        assert_eq!(run(&mut f, &[&[b'x'; 60]]), Ok(Vec::new()));
+        assert_eq!(run(&mut f, &[&[b'x'; 10]]), Err(EventTooLarge));
+        // Whole events before the long one still go out.
+        let mut f = Framer::with_cap(Api::Chat, false, 64);
+        let mut chunk = b"data: a\n\n".to_vec();
+        chunk.extend_from_slice(&[b'y'; 100]);
+        assert_eq!(f.push(Bytes::from(chunk)), Err(EventTooLarge));
+    }
+
+    #[test]
+    fn the_error_event_follows_whole_events_only() {
+        let mut f = Framer::new(Api::Chat, false);
+        let out = run(&mut f, &[b"data: {\"a\":1}\n\ndata: {\"trunc"]).unwrap();
+        let error = f.fail("upstream_failed", "broke");
+        let mut all = out.clone();
+        all.extend_from_slice(&error);
+        let text = String::from_utf8(all).unwrap();
+        assert_eq!(
+            text,
+            "data: {\"a\":1}\n\ndata: {\"error\":{\"code\":\"upstream_failed\",\"message\":\"broke\",\"param\":null,\"type\":\"server_error\"}}\n\n"
+        );
+    }
+
+    #[test]
+    fn responses_streams_get_an_error_event_with_the_next_sequence_number() {
+        let mut f = Framer::new(Api::Responses, false);
+        run(
+            &mut f,
+            &[b"event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0}\n\nevent: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\": 7}\n\nevent: x\ndata: {\"sequence_number\":9"],
+        )
+        .unwrap();
+        let error = f.fail("upstream_timeout", "stalled");
+        let text = std::str::from_utf8(&error).unwrap();
+        let data = text
+            .strip_prefix("event: error\ndata: ")
+            .and_then(|t| t.strip_suffix("\n\n"))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({ "type": "error", "code": "upstream_timeout", "message": "stalled", "param": null, "sequence_number": 8 })
+        );
+    }
+
+    /// An SSE stream of whole events, built from parts.
+    fn sse_event() -> impl Strategy<Value = Vec<u8>> {
+        let line_end = prop_oneof![Just(&b"\n"[..]), Just(&b"\r\n"[..]), Just(&b"\r"[..])];
+        (
+            prop::collection::vec("[ -~]{0,40}", 1..4),
+            line_end.clone(),
+            any::<bool>(),
+        )
+            .prop_map(|(lines, end, usage)| {
+                let mut event = Vec::new();
+                for line in lines {
+                    // A line's bytes never hold a line end of their own.
+                    event.extend_from_slice(b"data: ");
+                    event.extend_from_slice(line.as_bytes());
+                    event.extend_from_slice(end);
+                }
+                if usage {
+                    event.extend_from_slice(USAGE.trim_end().as_bytes());
+                    event.extend_from_slice(end);
+                }
+                event.extend_from_slice(end);
+                event
+            })
+    }
+
+    /// Every offset at which an event of `bytes` ends, read in one go:
+    /// after an empty line's terminator, and, for a CRLF, after its CR too
+    /// (what an incremental reader cut between them sends).
+    fn event_ends(bytes: &[u8]) -> Vec<usize> {
+        let mut ends = Vec::new();
+        let mut line_empty = true;
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\r' | b'\n' => {
+                    let crlf = bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n');
+                    if line_empty {
+                        ends.push(i + 1);
+                        if crlf {
+                            ends.push(i + 2);
+                        }
+                    }
+                    line_empty = true;
+                    i += if crlf { 2 } else { 1 };
+                }
+                _ => {
+                    line_empty = false;
+                    i += 1;
+                }
+            }
+        }
+        ends
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2048)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        /// Arbitrary bytes cut anywhere: never a panic, the output is a
+        /// prefix of the input (nothing added, nothing reordered), and a
+        /// failure's error event starts right after a whole event.
+        #[test]
+        fn arbitrary_bytes_pass_in_order_and_errors_start_on_a_boundary(
+            bytes in prop::collection::vec(any::<u8>(), 0..400),
+            cuts in prop::collection::vec(0usize..400, 0..8),
+            cap in 1usize..200,
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut f = Framer::with_cap(Api::Chat, false, cap);
+            let mut out = Vec::new();
+            let mut start = 0;
+            let mut too_large = false;
+            for end in cuts.into_iter().chain([bytes.len()]) {
+                match f.push(Bytes::copy_from_slice(&bytes[start..end])) {
+                    Ok(Some(b)) => out.extend_from_slice(&b),
+                    Ok(None) => {}
+                    Err(EventTooLarge) => { too_large = true; break; }
+                }
+                start = end;
+            }
+            prop_assert!(bytes.starts_with(&out));
+            if !too_large {
+                // What was passed on ends at an event boundary (or is empty).
+                let ends = event_ends(&bytes);
+                prop_assert!(
+                    out.is_empty() || ends.contains(&out.len()),
+                    "{:?} not in {:?}", out.len(), ends
+                );
+                let mut whole = out.clone();
+                if let Some(rest) = f.finish() { whole.extend_from_slice(&rest); }
+                prop_assert_eq!(whole, bytes);
+            }
+        }
+
+        /// Whole events cut anywhere come out exactly, minus the usage-only
+        /// chunk when it is hidden; an error after any prefix starts on a
+        /// boundary.
+        #[test]
+        fn whole_events_survive_any_cuts(
+            events in prop::collection::vec(sse_event(), 1..6),
+            cuts in prop::collection::vec(0usize..2000, 0..8),
+            hide in any::<bool>(),
+            fail_at in prop::option::of(0usize..2000),
+        ) {
+            let stream: Vec<u8> = events.concat();
+            let expected: Vec<u8> = events
+                .iter()
+                .filter(|e| !(hide && is_usage_only(e)))
+                .flatten()
+                .copied()
+                .collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(stream.len())).collect();
+            cuts.sort_unstable();
+            let end = fail_at.map_or(stream.len(), |f| f.min(stream.len()));
+            let mut f = Framer::new(Api::Chat, hide);
+            let mut out = Vec::new();
+            let mut start = 0;
+            for cut in cuts.into_iter().filter(|&c| c <= end).chain([end]) {
+                if let Some(b) = f.push(Bytes::copy_from_slice(&stream[start..cut])).unwrap() {
+                    out.extend_from_slice(&b);
+                }
+                start = cut;
+            }
+            if fail_at.is_some() {
+                let error = f.fail("upstream_failed", "x");
+                // Everything passed on is whole events of the stream.
+                prop_assert!(expected.starts_with(&out));
+                out.extend_from_slice(&error);
+                let text = String::from_utf8_lossy(&out).into_owned();
+                let error_text = String::from_utf8_lossy(&error).into_owned();
+                let before = &text[..text.len() - error_text.len()];
+                prop_assert!(
+                    before.is_empty() || before.ends_with('\n') || before.ends_with('\r'),
+                    "{:?}", before
+                );
+            } else {
+                if let Some(rest) = f.finish() { out.extend_from_slice(&rest); }
+                prop_assert_eq!(out, expected);
+            }
+        }
+    }
+}
