@@ -63,6 +63,11 @@ pub enum UpstreamFault {
     /// Streamed: wait this long between events instead of the configured
     /// chunk delay. Not streamed: no effect.
     SlowStream(Duration),
+    /// Streamed: send this many content pieces, then the first half of
+    /// the next event (no blank line after it), then break the body as
+    /// [`BreakStreamAfter`](Self::BreakStreamAfter) does. Not streamed: as
+    /// `BreakStreamAfter`.
+    BreakMidEvent(usize),
 }
 
 /// A completion request as [`MockUpstream`] received it.
@@ -338,6 +343,7 @@ async fn complete(
     let settings = *lock(&state.stream);
     let mut delay = settings.delay;
     let mut break_after = None;
+    let mut mid_event = false;
     match state.take_fault(&model) {
         None => {}
         Some(UpstreamFault::Status {
@@ -347,6 +353,10 @@ async fn complete(
         Some(UpstreamFault::Delay(wait)) => tokio::time::sleep(wait).await,
         Some(UpstreamFault::Reset) => return server::reset_response(),
         Some(UpstreamFault::BreakStreamAfter(pieces)) => break_after = Some(pieces),
+        Some(UpstreamFault::BreakMidEvent(pieces)) => {
+            break_after = Some(pieces + 1);
+            mid_event = true;
+        }
         Some(UpstreamFault::SlowStream(wait)) => delay = wait,
     }
 
@@ -355,10 +365,13 @@ async fn complete(
     if streamed {
         let include_usage =
             body.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
-        let events = match api {
+        let mut events = match api {
             Api::Chat => chat_events(&model, id, settings.chunks, include_usage, break_after),
             Api::Responses => responses_events(&model, id, settings.chunks, break_after),
         };
+        if mid_event && let Some(last) = events.last_mut() {
+            *last = last.slice(..last.len() / 2);
+        }
         return event_stream(events, delay, break_after.is_some());
     }
 
@@ -387,7 +400,12 @@ async fn models(State(state): State<Arc<UpstreamState>>) -> Response {
         }) => return injected_status(status, retry_after),
         Some(UpstreamFault::Delay(wait)) => tokio::time::sleep(wait).await,
         Some(UpstreamFault::Reset) => return server::reset_response(),
-        Some(UpstreamFault::BreakStreamAfter(_) | UpstreamFault::SlowStream(_)) | None => {}
+        Some(
+            UpstreamFault::BreakStreamAfter(_)
+            | UpstreamFault::BreakMidEvent(_)
+            | UpstreamFault::SlowStream(_),
+        )
+        | None => {}
     }
     let data: Vec<Value> = lock(&state.models)
         .iter()
