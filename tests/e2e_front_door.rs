@@ -499,3 +499,36 @@ async fn a_stream_broken_mid_event_ends_with_whole_events_and_an_error_event() {
         assert!(serde_json::from_str::<Value>(data).is_ok(), "{event}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_served_with_the_same_rules() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let proxy = Proxy::start(&Env::new(&upstream)).await;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(sentinel_zion::tls_config().unwrap())
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = client
+        .post(proxy.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(chat_body(Some("complex")).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let reply = Reply::read(response).await;
+    reply.assert_served("complex", "gpt-4.1");
+
+    let response = client
+        .post(proxy.url("/v1/chat/completions"))
+        .header("content-type", "application/grpc")
+        .body(json!({ "model": "gpt-4o" }).to_string())
+        .send()
+        .await
+        .unwrap();
+    Reply::read(response)
+        .await
+        .assert_error(415, "unsupported_media_type");
+    assert_eq!(upstream.calls_for("gpt-4o"), 0);
+}

@@ -200,3 +200,18 @@ async fn a_provider_without_the_probe_path_is_not_taken_down() {
         );
     }
 }
+
+#[test]
+fn probe_targets_never_show_url_credentials_or_the_key() {
+    let target = HealthTarget::new(
+        "openai",
+        "https://puser:ppass@provider.test/v1?api-key=qsecret",
+        Some("sk-test-secret"),
+    )
+    .unwrap();
+    let shown = format!("{target:?}");
+    assert!(shown.contains("provider.test"), "{shown}");
+    for secret in ["puser", "ppass", "qsecret", "sk-test-secret"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+}

@@ -760,6 +760,86 @@ mod tests {
         }
     }
 
+    fn noop_usage(sse: bool) -> Usage {
+        Usage {
+            counters: Arc::new(UsageCounters {
+                input: Counter::noop(),
+                output: Counter::noop(),
+                cost: Counter::noop(),
+                missing: Counter::noop(),
+            }),
+            pricing: None,
+            sse,
+            buffer: BytesMut::new(),
+            overflow: false,
+            found: None,
+            finished: false,
+        }
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2048)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
+
+        /// The usage scanner over arbitrary bytes cut anywhere: never a
+        /// panic, and what it keeps stays under its cap.
+        #[test]
+        fn the_usage_scanner_takes_any_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(0usize..600, 0..6),
+            sse in proptest::prelude::any::<bool>(),
+        ) {
+            let mut usage = noop_usage(sse);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut start = 0;
+            for end in cuts.into_iter().chain([bytes.len()]) {
+                usage.feed(&Bytes::copy_from_slice(&bytes[start..end]));
+                start = end;
+                proptest::prop_assert!(usage.buffer.len() <= USAGE_BODY_CAP);
+            }
+            usage.finish();
+        }
+
+        /// A stream with content chunks and one usage chunk, cut anywhere
+        /// and with any line ends: the usage is found.
+        #[test]
+        fn the_usage_chunk_is_found_however_the_stream_is_cut(
+            contents in proptest::collection::vec("[a-z \"{}:,]{0,30}", 0..5),
+            prompt in 0u64..1_000_000,
+            completion in 0u64..1_000_000,
+            crlf in proptest::prelude::any::<bool>(),
+            cuts in proptest::collection::vec(0usize..2000, 0..6),
+        ) {
+            let end = if crlf { "\r\n" } else { "\n" };
+            let mut stream = String::new();
+            for text in &contents {
+                let chunk = serde_json::json!({ "choices": [{ "delta": { "content": text } }] });
+                stream.push_str(&format!("data: {chunk}{end}{end}"));
+            }
+            stream.push_str(&format!(
+                "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":{prompt},\"completion_tokens\":{completion}}}}}{end}{end}data: [DONE]{end}{end}"
+            ));
+            let bytes = stream.as_bytes();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut usage = noop_usage(true);
+            let mut start = 0;
+            for cut in cuts.into_iter().chain([bytes.len()]) {
+                usage.feed(&Bytes::copy_from_slice(&bytes[start..cut]));
+                start = cut;
+            }
+            proptest::prop_assert_eq!(usage.found, Some((prompt, completion)));
+            usage.abandon();
+        }
+    }
+
     #[test]
     fn include_usage_is_added_only_when_missing() {
         let (body, added) = with_include_usage(Bytes::from(r#"{"stream":true,"model":"m"}"#));

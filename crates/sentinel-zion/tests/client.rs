@@ -136,3 +136,16 @@ fn bad_settings_are_rejected_without_echoing_the_key() {
     let client = ZionClient::new(settings).unwrap();
     assert!(!format!("{client:?}").contains(KEY));
 }
+
+#[test]
+fn debug_forms_never_show_url_credentials_or_the_key() {
+    let settings =
+        ZionSettings::new("https://zuser:zpass@zion.example/?token=qsecret").api_key(KEY);
+    let shown = format!("{settings:?}");
+    let client = ZionClient::new(settings).unwrap();
+    let shown = format!("{shown} {client:?}");
+    assert!(shown.contains("zion.example"), "{shown}");
+    for secret in ["zuser", "zpass", "qsecret", KEY] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+}
