@@ -894,12 +894,15 @@ mod tests {
     /// Cases per property: `PROPTEST_CASES` when set (the longer run), else
     /// 2048. (`ProptestConfig::with_cases` would override the variable.)
     fn config() -> ProptestConfig {
+        use proptest::test_runner::RngAlgorithm;
         let cases = std::env::var("PROPTEST_CASES")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(2048);
         ProptestConfig {
             cases,
+            // ChaCha (the default) is most of a debug build's generation time.
+            rng_algorithm: RngAlgorithm::XorShift,
             ..ProptestConfig::default()
         }
     }
