@@ -858,6 +858,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(config())]
+
         #[test]
         fn rendered_body_is_original_minus_tier_and_model_plus_model(
             members in prop::collection::btree_map(any::<String>(), json_value(), 0..6),
@@ -902,6 +904,639 @@ mod tests {
         #[test]
         fn parse_body_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
             let _ = parse_body(&bytes).map(|parsed| parsed.template().render("m"));
+        }
+    }
+
+    // --- hostile input (issue 10) ---
+    //
+    // Each property below reads its input a second, independent way (serde's
+    // own map access into owned keys and raw values, and the header rules
+    // restated) and checks every decision of the module against it: the
+    // session, the header tier, the body's tier, alias and `stream`, the
+    // resolved tier, each error code. On success it checks the rendered body
+    // (valid JSON, `model` set, no `tier`, every other member kept); on
+    // failure, the code and that the message echoes no long client value.
+
+    /// Cases per property: `PROPTEST_CASES` when set (the longer run), else
+    /// 2048. (`ProptestConfig::with_cases` would override the variable.)
+    fn config() -> ProptestConfig {
+        use proptest::test_runner::RngAlgorithm;
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2048);
+        ProptestConfig {
+            cases,
+            // ChaCha (the default) is most of a debug build's generation time.
+            rng_algorithm: RngAlgorithm::XorShift,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// The codes a request's tier, session and body may fail with.
+    const REQUEST_CODES: [ErrorCode; 5] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidTier,
+        ErrorCode::ConflictingTier,
+        ErrorCode::ModelNotAllowed,
+        ErrorCode::InvalidSession,
+    ];
+
+    /// Placed at character 64 of long generated strings: an error may echo
+    /// at most the first 64 characters of a client value, so never this.
+    const CANARY: &str = "zzCANARYzz";
+
+    /// Every member of a JSON object in order, duplicates included: keys
+    /// decoded into owned strings, values as raw text.
+    struct AllMembers(Vec<(String, Box<RawValue>)>);
+
+    impl<'de> de::Deserialize<'de> for AllMembers {
+        fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct All;
+            impl<'de> Visitor<'de> for All {
+                type Value = AllMembers;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AllMembers, A::Error> {
+                    let mut members = Vec::new();
+                    while let Some(member) = map.next_entry::<String, Box<RawValue>>()? {
+                        members.push(member);
+                    }
+                    Ok(AllMembers(members))
+                }
+            }
+            deserializer.deserialize_map(All)
+        }
+    }
+
+    /// The members of `bytes` if it is one JSON object, else `None`.
+    fn members_of(bytes: &[u8]) -> Option<Vec<(String, Box<RawValue>)>> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        serde_json::from_str::<AllMembers>(text).ok().map(|m| m.0)
+    }
+
+    /// What the module must read from a body: the body `tier`, the `model`
+    /// alias and `stream`, from the last occurrence of each; or the code.
+    fn expected_body(bytes: &[u8]) -> Result<(Option<Tier>, Option<Tier>, bool), ErrorCode> {
+        let members = members_of(bytes).ok_or(ErrorCode::InvalidJson)?;
+        let last = |name: &str| {
+            members
+                .iter()
+                .rev()
+                .find(|(key, _)| key == name)
+                .map(|(_, raw)| raw.get())
+        };
+        // Absent or `null`: no tier; a tier name: that tier; else `bad`.
+        let tier_in = |name: &str, bad: ErrorCode| match last(name) {
+            None => Ok(None),
+            Some(raw) => match serde_json::from_str::<Option<String>>(raw) {
+                Ok(None) => Ok(None),
+                Ok(Some(s)) => s.parse::<Tier>().map(Some).map_err(|_| bad),
+                Err(_) => Err(bad),
+            },
+        };
+        let tier = tier_in("tier", ErrorCode::InvalidTier)?;
+        let alias = tier_in("model", ErrorCode::ModelNotAllowed)?;
+        Ok((tier, alias, last("stream") == Some("true")))
+    }
+
+    fn expected_tier(
+        header: Option<Tier>,
+        body: Option<Tier>,
+        alias: Option<Tier>,
+    ) -> Result<Tier, ErrorCode> {
+        let present: Vec<Tier> = [body, header, alias].into_iter().flatten().collect();
+        match present.first() {
+            None => Ok(Tier::Simple),
+            Some(&first) if present.iter().all(|&t| t == first) => Ok(first),
+            Some(_) => Err(ErrorCode::ConflictingTier),
+        }
+    }
+
+    /// `X-Sentinel-Tier` given these values (in order): once, a tier name
+    /// with spaces and tabs around it allowed.
+    fn expected_header_tier(values: &[Vec<u8>]) -> Result<Option<Tier>, ErrorCode> {
+        match values {
+            [] => Ok(None),
+            [one] => std::str::from_utf8(one)
+                .ok()
+                .and_then(|s| s.trim_matches([' ', '\t']).parse().ok())
+                .map(Some)
+                .ok_or(ErrorCode::InvalidTier),
+            _ => Err(ErrorCode::InvalidTier),
+        }
+    }
+
+    /// `X-Sentinel-Session` given these values: once, 1 to 128 of
+    /// `A-Z a-z 0-9 . _ : -`.
+    fn expected_session(values: &[Vec<u8>]) -> Result<Option<String>, ErrorCode> {
+        match values {
+            [] => Ok(None),
+            [one]
+                if (1..=128).contains(&one.len())
+                    && one
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b)) =>
+            {
+                Ok(Some(String::from_utf8(one.clone()).unwrap()))
+            }
+            _ => Err(ErrorCode::InvalidSession),
+        }
+    }
+
+    fn check_error(err: &SentinelError, expected: ErrorCode) -> Result<(), TestCaseError> {
+        prop_assert_eq!(err.code(), expected, "{}", err.message());
+        prop_assert!(REQUEST_CODES.contains(&err.code()));
+        prop_assert_eq!(err.code().status(), 400);
+        let message = err.message();
+        prop_assert!(!message.is_empty());
+        prop_assert!(message.len() <= 512, "message of {} bytes", message.len());
+        prop_assert!(!message.contains(CANARY), "echoed: {}", message);
+        Ok(())
+    }
+
+    /// Compares a result with the expected one: equal values, or an error
+    /// with the expected code and a well-behaved message.
+    fn check_result<T: PartialEq + fmt::Debug>(
+        what: &str,
+        got: &Result<T, SentinelError>,
+        expected: &Result<T, ErrorCode>,
+    ) -> Result<(), TestCaseError> {
+        match (got, expected) {
+            (Ok(got), Ok(expected)) => prop_assert_eq!(got, expected, "{}", what),
+            (Err(err), Err(code)) => check_error(err, *code)?,
+            _ => prop_assert!(false, "{}: got {:?}, expected {:?}", what, got, expected),
+        }
+        Ok(())
+    }
+
+    /// The body sent upstream for `model`: one JSON object whose members are
+    /// the original's, in order, without `tier` and `model` (however their
+    /// keys were spelled; other duplicates all kept), then `"model":model`.
+    fn check_rendered(original: &[u8], rendered: &[u8], model: &str) -> Result<(), TestCaseError> {
+        let shown = || {
+            String::from_utf8_lossy(rendered)
+                .chars()
+                .take(300)
+                .collect::<String>()
+        };
+        prop_assert!(
+            serde_json::from_slice::<de::IgnoredAny>(rendered).is_ok(),
+            "not JSON: {}",
+            shown()
+        );
+        let Some(mut out) = members_of(rendered) else {
+            return Err(TestCaseError::fail(format!("not an object: {}", shown())));
+        };
+        let Some((key, value)) = out.pop() else {
+            return Err(TestCaseError::fail("no member"));
+        };
+        prop_assert_eq!(key, "model");
+        let value = serde_json::from_str::<String>(value.get()).ok();
+        prop_assert_eq!(value.as_deref(), Some(model));
+        let members = members_of(original).unwrap();
+        let kept: Vec<(&str, &str)> = members
+            .iter()
+            .filter(|(key, _)| key != "tier" && key != "model")
+            .map(|(key, raw)| (key.as_str(), raw.get()))
+            .collect();
+        let out: Vec<(&str, &str)> = out.iter().map(|(k, raw)| (k.as_str(), raw.get())).collect();
+        prop_assert_eq!(out, kept);
+        // Where serde_json can hold the original as a value (finite numbers,
+        // no lone surrogates, nesting under its limit), compare values too;
+        // its maps keep the last of duplicate keys, like the module.
+        if let Ok(Value::Object(mut expected)) = serde_json::from_slice::<Value>(original) {
+            expected.remove("tier");
+            expected.insert("model".into(), Value::from(model));
+            let got = serde_json::from_slice::<Value>(rendered).ok();
+            prop_assert_eq!(got, Some(Value::Object(expected)));
+        }
+        Ok(())
+    }
+
+    fn header_map(tier: &[Vec<u8>], session: &[Vec<u8>]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.append("x-sentinel-tiers", HeaderValue::from_static("complex"));
+        for value in tier {
+            // Header names are case-insensitive: the way a client writes it.
+            let name = HeaderName::from_bytes(b"X-Sentinel-Tier").unwrap();
+            map.append(name, HeaderValue::from_bytes(value).unwrap());
+        }
+        for value in session {
+            map.append(SESSION_HEADER, HeaderValue::from_bytes(value).unwrap());
+        }
+        map.append("x-sentinel-session-id", HeaderValue::from_static("a b"));
+        map
+    }
+
+    /// Runs the layer's steps in its order (session, header tier, body,
+    /// tier) on hostile input and checks each against the expected reading;
+    /// when the body parses, checks its rendering for every model.
+    fn check_request(
+        tier_values: &[Vec<u8>],
+        session_values: &[Vec<u8>],
+        body: &[u8],
+        models: &[String],
+    ) -> Result<(), TestCaseError> {
+        let headers = header_map(tier_values, session_values);
+        check_result(
+            "session",
+            &session_id(&headers),
+            &expected_session(session_values),
+        )?;
+        let header = header_tier(&headers);
+        check_result("header tier", &header, &expected_header_tier(tier_values))?;
+        let parsed = parse_body(body);
+        let read = parsed
+            .as_ref()
+            .map(|p| (p.tier, p.model_alias, p.stream()))
+            .map_err(|e| e.clone());
+        check_result("body", &read, &expected_body(body))?;
+        let Ok(parsed) = parsed else {
+            return Ok(());
+        };
+        if let Ok(header) = header {
+            check_result(
+                "tier",
+                &resolve_tier(header, &parsed),
+                &expected_tier(header, parsed.tier, parsed.model_alias),
+            )?;
+        }
+        let template = parsed.template();
+        for model in models {
+            check_rendered(body, &template.render(model), model)?;
+        }
+        Ok(())
+    }
+
+    /// A JSON string literal for `s`: each character `\u`-escaped where
+    /// `escape` (repeated) says so, surrogate pairs beyond the BMP, in upper
+    /// or lower case hex; the rest as serde_json writes it.
+    fn spell(s: &str, escape: &[bool], upper: bool) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::from("\"");
+        for (i, c) in s.chars().enumerate() {
+            if escape[i % escape.len()] {
+                for unit in c.encode_utf16(&mut [0; 2]) {
+                    let _ = if upper {
+                        write!(out, "\\u{unit:04X}")
+                    } else {
+                        write!(out, "\\u{unit:04x}")
+                    };
+                }
+            } else {
+                let plain = serde_json::to_string(&c.to_string()).unwrap();
+                out.push_str(&plain[1..plain.len() - 1]);
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// `s` as a JSON string literal, plain, fully or partly `\u`-escaped.
+    fn literal(s: impl Strategy<Value = String>) -> impl Strategy<Value = String> {
+        let escape = prop_oneof![
+            3 => Just(vec![false]),
+            1 => Just(vec![true]),
+            2 => prop::collection::vec(any::<bool>(), 1..6),
+        ];
+        (s, escape, any::<bool>()).prop_map(|(s, escape, upper)| spell(&s, &escape, upper))
+    }
+
+    /// 64 characters from `pad`, then [`CANARY`], then a short tail.
+    fn canaried(pad: impl Strategy<Value = char>) -> impl Strategy<Value = String> {
+        (prop::collection::vec(pad, 64), "[a-z]{0,8}").prop_map(|(pad, tail)| {
+            let mut s: String = pad.into_iter().collect();
+            s.push_str(CANARY);
+            s.push_str(&tail);
+            s
+        })
+    }
+
+    fn strs(values: &[&'static str]) -> impl Strategy<Value = String> + use<> {
+        prop::sample::select(values.to_vec()).prop_map(String::from)
+    }
+
+    /// JSON whitespace between tokens, mostly none.
+    fn ws() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["", "", "", " ", "\n", "\t", "\r\n", " \n\t  "])
+    }
+
+    /// Member names: the ones Sentinel reads, near misses, anything.
+    fn key_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => strs(&["tier", "model", "stream", "stream_options", "messages", "n", "user"]),
+            1 => strs(&["Tier", "TIER", "tier ", " model", "MODEL", "", "ti\"er", "tier\u{0}"]),
+            1 => any::<String>(),
+            1 => canaried(any::<char>()),
+        ]
+    }
+
+    /// The text of a `tier` or `model` string: tier names, near misses,
+    /// model names, anything, long values.
+    fn name_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            10 => strs(&["simple", "moderate", "complex"]),
+            2 => strs(&["Simple", " simple", "simple ", "huge", "", "gpt-4o", "null", "complex\u{0}"]),
+            1 => any::<String>(),
+            1 => canaried(any::<char>()),
+        ]
+    }
+
+    /// A nested structure `depth` levels deep: far past serde_json's
+    /// recursion limit for values, which the module never builds.
+    fn deep(depth: usize, array: bool) -> String {
+        if array {
+            format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+        } else {
+            format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth))
+        }
+    }
+
+    /// Any JSON value as text, including what a `Value` cannot hold: huge
+    /// numbers, lone surrogates, thousands of levels of nesting.
+    fn value_text() -> BoxedStrategy<String> {
+        let leaf = prop_oneof![
+            4 => strs(&[
+                "null", "true", "false", "0", "-0", "-0.0e-0", "1E+2", "[]", "{}", r#""""#,
+                "1e400", "-1e400", "1e-400", "1.0000000000000000001",
+                "123456789012345678901234567890", "18446744073709551616",
+                "-9223372036854775809", r#""\ud800""#, r#""\udc00\ud83d""#, r#""\u0000\/""#,
+            ]),
+            1 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => any::<u64>().prop_map(|n| n.to_string()),
+            1 => any::<f64>()
+                .prop_filter("JSON numbers are finite", |f| f.is_finite())
+                .prop_map(|f| format!("{f:e}")),
+            3 => literal(any::<String>()),
+            1 => literal(canaried(any::<char>())),
+        ];
+        let nested = leaf.prop_recursive(3, 32, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec((ws(), inner.clone(), ws()), 0..5).prop_map(|items| {
+                    let items: Vec<String> = items
+                        .into_iter()
+                        .map(|(a, v, b)| format!("{a}{v}{b}"))
+                        .collect();
+                    format!("[{}]", items.join(","))
+                }),
+                prop::collection::vec((ws(), literal(key_name()), ws(), ws(), inner, ws()), 0..5)
+                    .prop_map(|members| {
+                        let members: Vec<String> = members
+                            .into_iter()
+                            .map(|(a, k, b, c, v, d)| format!("{a}{k}{b}:{c}{v}{d}"))
+                            .collect();
+                        format!("{{{}}}", members.join(","))
+                    }),
+            ]
+        });
+        prop_oneof![
+            30 => nested,
+            1 => (1usize..5000, any::<bool>()).prop_map(|(depth, array)| deep(depth, array)),
+        ]
+        .boxed()
+    }
+
+    /// One top-level member, as text, weighted towards those Sentinel reads.
+    fn member() -> impl Strategy<Value = String> {
+        let tierish = || {
+            prop_oneof![
+                8 => literal(name_value()),
+                1 => Just("null".to_owned()),
+                1 => value_text(),
+            ]
+        };
+        let stream = prop_oneof![
+            3 => strs(&["true", "false"]),
+            2 => strs(&[r#""true""#, "1", "null", "[true]", r#""True""#]),
+            1 => value_text(),
+        ];
+        let stream_options =
+            prop_oneof![Just(r#"{"include_usage":true}"#.to_owned()), value_text(),];
+        let pair = prop_oneof![
+            3 => (literal(Just("tier".to_owned())), tierish()),
+            3 => (literal(Just("model".to_owned())), tierish()),
+            2 => (literal(Just("stream".to_owned())), stream),
+            1 => (literal(Just("stream_options".to_owned())), stream_options),
+            4 => (literal(key_name()), value_text()),
+        ];
+        (ws(), pair, ws(), ws(), ws())
+            .prop_map(|(a, (k, v), b, c, d)| format!("{a}{k}{b}:{c}{v}{d}"))
+    }
+
+    /// A body that is a JSON object of random members.
+    fn object() -> impl Strategy<Value = Vec<u8>> {
+        (ws(), prop::collection::vec(member(), 0..7), ws())
+            .prop_map(|(a, members, b)| format!("{a}{{{}}}{b}", members.join(",")).into_bytes())
+    }
+
+    /// `bytes` with a few bytes replaced, inserted or removed.
+    fn mutated(bytes: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop::sample::select(b"{}[]\":,\\ 0e-.tnu\xff\xc3\x00".to_vec());
+        let edit = (any::<prop::sample::Index>(), 0u8..3, byte);
+        (bytes, prop::collection::vec(edit, 1..4)).prop_map(|(mut bytes, edits)| {
+            for (at, op, byte) in edits {
+                let i = at.index(bytes.len() + 1);
+                match op {
+                    0 if i < bytes.len() => bytes[i] = byte,
+                    1 => bytes.insert(i, byte),
+                    _ if i < bytes.len() => {
+                        bytes.remove(i);
+                    }
+                    _ => {}
+                }
+            }
+            bytes
+        })
+    }
+
+    /// Request bodies: mostly objects, some broken ones (trailing data,
+    /// wrapped in an array, cut short, mutated).
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            16 => object(),
+            1 => object().prop_map(|mut b| {
+                b.extend_from_slice(b" {}");
+                b
+            }),
+            1 => object().prop_map(|b| [b"[".as_slice(), &b, b"]"].concat()),
+            2 => (object(), any::<prop::sample::Index>())
+                .prop_map(|(b, cut)| b[..cut.index(b.len() + 1)].to_vec()),
+            3 => mutated(object()),
+        ]
+    }
+
+    /// A byte a header value may hold (`HeaderValue::from_bytes`).
+    fn header_byte() -> impl Strategy<Value = u8> {
+        prop_oneof![Just(b'\t'), 0x20u8..=0x7e, 0x80u8..=0xff]
+    }
+
+    fn tier_header_value() -> impl Strategy<Value = Vec<u8>> {
+        let pad = || prop::sample::select(vec!["", "", " ", "\t", "  \t"]);
+        prop_oneof![
+            8 => (pad(), prop::sample::select(Tier::ALL.to_vec()), pad())
+                .prop_map(|(a, t, b)| format!("{a}{t}{b}").into_bytes()),
+            2 => strs(&[
+                "Simple", "SIMPLE", "huge", "", "simple,complex", "simple complex",
+                "\u{a0}simple", "simple\u{3000}", "mod erate", "complex\u{7f}",
+            ])
+            .prop_filter("a header value", |s| HeaderValue::from_str(s).is_ok())
+            .prop_map(String::into_bytes),
+            1 => prop::collection::vec(header_byte(), 0..80),
+            1 => (pad(), canaried(proptest::char::range('!', '~')))
+                .prop_map(|(a, s)| format!("{a}{s}").into_bytes()),
+        ]
+    }
+
+    fn session_header_value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => "[A-Za-z0-9._:-]{1,128}".prop_map(String::into_bytes),
+            1 => "[A-Za-z0-9._:-]{129,140}".prop_map(String::into_bytes),
+            1 => "[A-Za-z0-9._:-]{0,8}[ /=\t\u{e9}][A-Za-z0-9._:-]{0,8}".prop_map(String::into_bytes),
+            1 => prop::collection::vec(header_byte(), 0..140),
+            1 => canaried(prop::sample::select(b"abcXYZ019._:-".map(char::from).to_vec()))
+                .prop_map(|s| format!("{s}/").into_bytes()),
+        ]
+    }
+
+    /// A header given never, once (mostly) or several times.
+    fn repeated(
+        value: impl Strategy<Value = Vec<u8>> + 'static,
+    ) -> impl Strategy<Value = Vec<Vec<u8>>> {
+        let value = value.boxed();
+        prop_oneof![
+            2 => Just(Vec::new()),
+            5 => prop::collection::vec(value.clone(), 1..=1),
+            1 => prop::collection::vec(value, 2..4),
+        ]
+    }
+
+    /// Models to render: config names, and anything a string can hold.
+    fn models() -> impl Strategy<Value = Vec<String>> {
+        let model = prop_oneof![
+            2 => strs(&[
+                "gpt-4o-mini", "we\"ird\\", "\u{2028}line\u{2029}", "", "tier", "model",
+                "nul\u{0}l", "caf\u{e9} \u{1f600}", "\u{ffff}", "</script>",
+            ]),
+            1 => any::<String>(),
+        ];
+        prop::collection::vec(model, 1..3)
+    }
+
+    /// A string of `[{}[]":,\ ...]` tokens: nearly JSON much more often than
+    /// random text.
+    fn token_soup() -> impl Strategy<Value = Vec<u8>> {
+        let token = strs(&[
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"",
+            ":",
+            ",",
+            "\\",
+            " ",
+            "\n",
+            "\"tier\"",
+            "\"model\"",
+            "\"stream\"",
+            "\"simple\"",
+            "\"complex\"",
+            "\"ti\\u0065r\"",
+            "true",
+            "null",
+            "1e400",
+            "-",
+            "0",
+            ".",
+            "e",
+            "\\ud800",
+            "\\u",
+            "\u{e9}",
+            "\"x\"",
+        ]);
+        prop::collection::vec(token, 0..48).prop_map(|tokens| tokens.concat().into_bytes())
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// Structure-aware: objects with `tier`, `model`, `stream` and other
+        /// members (escaped keys, duplicates, nested, deep, huge numbers,
+        /// unicode, odd whitespace), broken objects, and repeated or odd
+        /// `X-Sentinel-Tier` / `X-Sentinel-Session` headers.
+        #[test]
+        fn hostile_requests_are_read_as_the_contract_says(
+            body in body(),
+            tier_values in repeated(tier_header_value()),
+            session_values in repeated(session_header_value()),
+            models in models(),
+        ) {
+            check_request(&tier_values, &session_values, &body, &models)?;
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_read_as_the_contract_says(
+            body in prop::collection::vec(any::<u8>(), 0..1024),
+            models in models(),
+        ) {
+            check_request(&[], &[], &body, &models)?;
+        }
+
+        #[test]
+        fn arbitrary_text_is_read_as_the_contract_says(body in any::<String>(), models in models()) {
+            check_request(&[], &[], body.as_bytes(), &models)?;
+        }
+
+        #[test]
+        fn json_token_soup_is_read_as_the_contract_says(
+            body in prop_oneof![token_soup(), mutated(token_soup())],
+            models in models(),
+        ) {
+            check_request(&[], &[], &body, &models)?;
+        }
+
+        /// The no-echo promise: a `tier` or `model` value (or tier header)
+        /// is echoed up to its 64th character at most, and a session value
+        /// or the body of an `invalid_json` never.
+        #[test]
+        fn long_client_values_are_not_echoed_past_64_characters(
+            pad in prop::collection::vec(any::<char>(), 64),
+            header_pad in "[!-~]{64}",
+            marker in "[A-Za-z0-9]{40}",
+            tail in ".{0,8}",
+            field in prop::sample::select(vec!["tier", "model"]),
+            escape in prop::collection::vec(any::<bool>(), 1..4),
+        ) {
+            let value = format!("{}{marker}{tail}", pad.iter().collect::<String>());
+            let body = format!("{{{}:{}}}", spell(field, &escape, false), spell(&value, &escape, true));
+            let err = parse_body(body.as_bytes()).unwrap_err();
+            let code = if field == "tier" { ErrorCode::InvalidTier } else { ErrorCode::ModelNotAllowed };
+            prop_assert_eq!(err.code(), code);
+            prop_assert!(!err.message().contains(&marker), "{}", err.message());
+            prop_assert!(err.message().len() <= 512);
+
+            for body in [
+                spell(&marker, &escape, false),
+                format!("[{}]", spell(&marker, &escape, false)),
+                format!("{{\"a\":{}}} x", spell(&marker, &escape, false)),
+                format!("{{\"a\":{},}}", spell(&marker, &escape, false)),
+                format!("{{{}:1", spell(&marker, &escape, false)),
+            ] {
+                let err = parse_body(body.as_bytes()).unwrap_err();
+                prop_assert_eq!(err.code(), ErrorCode::InvalidJson);
+                prop_assert!(!err.message().contains(&marker), "{}", err.message());
+            }
+
+            let header = format!("{header_pad}{marker}");
+            let err = header_tier(&headers(&[(TIER_HEADER, header.as_bytes())])).unwrap_err();
+            prop_assert_eq!(err.code(), ErrorCode::InvalidTier);
+            prop_assert!(!err.message().contains(&marker), "{}", err.message());
+
+            let session = format!("{marker}/{header_pad}");
+            let err = session_id(&headers(&[(SESSION_HEADER, session.as_bytes())])).unwrap_err();
+            prop_assert!(!err.message().contains(&marker), "{}", err.message());
         }
     }
 }

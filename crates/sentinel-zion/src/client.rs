@@ -254,25 +254,48 @@ impl ZionClient {
             }
             body.extend_from_slice(&chunk);
         }
-        let raw: RawTierConfig = serde_json::from_slice(&body).map_err(|e| {
-            if e.is_data() {
-                ZionError::new(
-                    ZionErrorKind::InvalidConfig,
-                    format!("the tier config does not match the contract: {e}"),
-                )
-            } else {
-                ZionError::new(
-                    ZionErrorKind::NotJson,
-                    format!("the response is not JSON: {e}"),
-                )
-            }
-        })?;
-        TierConfig::validate(raw).map_err(|e| {
+        decode(&body)
+    }
+}
+
+/// Decodes and validates a response body: `NotJson` when it is not JSON,
+/// `InvalidConfig` when it breaks the contract or a validation rule.
+fn decode(body: &[u8]) -> Result<TierConfig, ZionError> {
+    let raw: RawTierConfig = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            // serde's data errors quote the document's strings in full
+            // (`invalid type: string "..."`): keep the message short, as it
+            // goes to the logs and into 503 answers.
             ZionError::new(
                 ZionErrorKind::InvalidConfig,
-                format!("invalid tier config: {e}"),
+                format!(
+                    "the tier config does not match the contract: {}",
+                    capped(e.to_string(), MAX_DETAIL_CHARS)
+                ),
             )
-        })
+        } else {
+            ZionError::new(
+                ZionErrorKind::NotJson,
+                format!("the response is not JSON: {e}"),
+            )
+        }
+    })?;
+    TierConfig::validate(raw).map_err(|e| {
+        ZionError::new(
+            ZionErrorKind::InvalidConfig,
+            format!("invalid tier config: {e}"),
+        )
+    })
+}
+
+/// The most characters of a decoding error's detail kept in a message.
+const MAX_DETAIL_CHARS: usize = 200;
+
+/// `message` cut to `max_chars` characters, with `…` when cut.
+fn capped(message: String, max_chars: usize) -> String {
+    match message.char_indices().nth(max_chars) {
+        None => message,
+        Some((at, _)) => format!("{}…", &message[..at]),
     }
 }
 
@@ -361,3 +384,258 @@ impl fmt::Display for ZionError {
 }
 
 impl std::error::Error for ZionError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::RngAlgorithm;
+    use serde_json::{Value, json};
+
+    /// Cases per property: `PROPTEST_CASES` when set (the longer run), else
+    /// 2048. (`ProptestConfig::with_cases` would override the variable.)
+    fn config() -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2048);
+        ProptestConfig {
+            cases,
+            // ChaCha (the default) is most of a debug build's generation time.
+            rng_algorithm: RngAlgorithm::XorShift,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// The longest message `decode` may answer with, in bytes: its own text,
+    /// a capped detail, or the core's `ConfigError` (names cut to 64
+    /// characters each).
+    const MAX_MESSAGE_BYTES: usize = 1024;
+
+    /// `decode` must be the core's decoding and validation, with failures
+    /// sorted into not JSON (syntax, end of input) and invalid config (shape
+    /// or rules), and messages of bounded size.
+    fn check_decode(body: &[u8]) -> Result<(), TestCaseError> {
+        let got = decode(body);
+        if let Err(e) = &got {
+            let message = e.to_string();
+            prop_assert!(!message.is_empty());
+            prop_assert!(
+                message.len() <= MAX_MESSAGE_BYTES,
+                "{} bytes: {}",
+                message.len(),
+                message
+            );
+        }
+        match (got, serde_json::from_slice::<RawTierConfig>(body)) {
+            (Ok(config), Ok(raw)) => {
+                prop_assert_eq!(
+                    Ok(config),
+                    TierConfig::validate(raw).map_err(|e| e.to_string())
+                );
+            }
+            (Err(e), Ok(raw)) => {
+                prop_assert_eq!(e.kind(), ZionErrorKind::InvalidConfig);
+                prop_assert!(TierConfig::validate(raw).is_err());
+            }
+            (Err(e), Err(de)) => {
+                let kind = if de.is_data() {
+                    ZionErrorKind::InvalidConfig
+                } else {
+                    ZionErrorKind::NotJson
+                };
+                prop_assert_eq!(e.kind(), kind, "{}", e);
+            }
+            (Ok(config), Err(de)) => {
+                prop_assert!(false, "accepted {:?} that serde rejects: {}", config, de);
+            }
+        }
+        Ok(())
+    }
+
+    /// A value of any JSON type, leaning to the ones the contract uses.
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (-3i64..14).prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("JSON numbers are finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            prop::sample::select(vec!["openai", "anthropic", "m", "", " "]).prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+            Just(json!([])),
+            Just(json!({})),
+        ]
+    }
+
+    /// A field's value: the right kind mostly, any leaf sometimes, or absent.
+    fn field(good: impl Strategy<Value = Value>) -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            8 => good.prop_map(Some),
+            1 => leaf().prop_map(Some),
+            1 => Just(None),
+        ]
+    }
+
+    fn model() -> impl Strategy<Value = Value> {
+        let name = || {
+            prop::sample::select(vec!["openai", "anthropic", "gpt-4o-mini", "o3"])
+                .prop_map(Value::from)
+        };
+        let price = || prop_oneof![(0.0f64..10.0).prop_map(Value::from), leaf()];
+        let pricing = (price(), price())
+            .prop_map(|(i, o)| json!({ "input_per_mtok_usd": i, "output_per_mtok_usd": o }));
+        (
+            field(name()),
+            field(name()),
+            field((1i64..=10).prop_map(Value::from)),
+            field(pricing),
+            field((0u64..1_000_000).prop_map(Value::from)),
+        )
+            .prop_map(|(provider, model, cost, pricing, window)| {
+                let mut m = serde_json::Map::new();
+                for (key, value) in [
+                    ("provider", provider),
+                    ("model", model),
+                    ("relative_cost", cost),
+                    ("pricing", pricing),
+                    ("context_window", window),
+                ] {
+                    if let Some(value) = value {
+                        m.insert(key.into(), value);
+                    }
+                }
+                Value::Object(m)
+            })
+    }
+
+    /// A document: known and unknown tiers of random models, or any leaf.
+    fn document() -> impl Strategy<Value = Vec<u8>> {
+        let tier =
+            prop::collection::vec(model(), 0..4).prop_map(|models| json!({ "models": models }));
+        let tiers = prop::collection::btree_map(
+            prop::sample::select(vec!["simple", "moderate", "complex", "ultra", "Simple"]),
+            prop_oneof![8 => tier, 1 => leaf()],
+            0..4,
+        )
+        .prop_map(|tiers| Value::Object(tiers.into_iter().map(|(k, v)| (k.into(), v)).collect()));
+        prop_oneof![
+            12 => (field(any::<String>().prop_map(Value::from)), field(tiers)).prop_map(
+                |(version, tiers)| {
+                    let mut doc = serde_json::Map::new();
+                    if let Some(version) = version {
+                        doc.insert("version".into(), version);
+                    }
+                    if let Some(tiers) = tiers {
+                        doc.insert("tiers".into(), tiers);
+                    }
+                    serde_json::to_vec(&Value::Object(doc)).unwrap()
+                }
+            ),
+            1 => leaf().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+        ]
+    }
+
+    /// `bytes` with a few bytes replaced, inserted or removed.
+    fn mutated(bytes: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop::sample::select(b"{}[]\":,\\ 019e-.ntu\xff\xc3\x00".to_vec());
+        let edit = (any::<prop::sample::Index>(), 0u8..3, byte);
+        (bytes, prop::collection::vec(edit, 1..4)).prop_map(|(mut bytes, edits)| {
+            for (at, op, byte) in edits {
+                let i = at.index(bytes.len() + 1);
+                match op {
+                    0 if i < bytes.len() => bytes[i] = byte,
+                    1 => bytes.insert(i, byte),
+                    _ if i < bytes.len() => {
+                        bytes.remove(i);
+                    }
+                    _ => {}
+                }
+            }
+            bytes
+        })
+    }
+
+    /// A contract error over a document holding `long` where a number or a
+    /// string belongs, as Zion might send by mistake.
+    fn long_value_documents(long: &str) -> [Value; 4] {
+        let model = |cost: Value, provider: Value| {
+            json!({ "tiers": { "simple": { "models": [
+                { "provider": provider, "model": "m", "relative_cost": cost }
+            ] } } })
+        };
+        [
+            model(Value::from(long), Value::from("openai")),
+            model(Value::from(1), json!([long])),
+            json!({ "tiers": { "moderate": long } }),
+            json!({ "version": [long], "tiers": {} }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn decode_of_arbitrary_bytes_is_the_cores_reading(
+            body in prop::collection::vec(any::<u8>(), 0..1024),
+        ) {
+            check_decode(&body)?;
+        }
+
+        #[test]
+        fn decode_of_documents_is_the_cores_reading(
+            body in prop_oneof![3 => document(), 2 => mutated(document())],
+        ) {
+            check_decode(&body)?;
+        }
+
+        /// A long string in the wrong place is not echoed in full, however
+        /// long (the body cap is 1 MiB).
+        #[test]
+        fn decode_errors_do_not_echo_long_document_strings(
+            long in "[a-zA-Z0-9]{201,3000}",
+        ) {
+            for doc in long_value_documents(&long) {
+                let body = serde_json::to_vec(&doc).unwrap();
+                let err = decode(&body).unwrap_err();
+                prop_assert_eq!(err.kind(), ZionErrorKind::InvalidConfig);
+                prop_assert!(!err.to_string().contains(&long), "{}", err);
+                check_decode(&body)?;
+            }
+        }
+    }
+
+    /// Found by `decode_errors_do_not_echo_long_document_strings`: serde's
+    /// `invalid type: string "..."` quoted a string of the document in
+    /// full, so a 1 MiB string where a number belongs made a 1 MiB error
+    /// message, logged and answered in the 503 of every request until a
+    /// good config came.
+    #[test]
+    fn regression_contract_error_of_a_huge_string_is_short() {
+        let long = "x".repeat(1 << 20);
+        for doc in long_value_documents(&long) {
+            let err = decode(&serde_json::to_vec(&doc).unwrap()).unwrap_err();
+            assert_eq!(err.kind(), ZionErrorKind::InvalidConfig);
+            let message = err.to_string();
+            assert!(
+                message.len() <= MAX_MESSAGE_BYTES,
+                "{} bytes",
+                message.len()
+            );
+            assert!(
+                message.starts_with("the tier config does not match the contract: invalid type"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn capped_cuts_on_characters() {
+        assert_eq!(capped("abc".into(), 3), "abc");
+        assert_eq!(capped("abcd".into(), 3), "abc…");
+        assert_eq!(capped("ééé".into(), 2), "éé…");
+        assert_eq!(capped(String::new(), 0), "");
+    }
+}
