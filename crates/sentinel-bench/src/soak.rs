@@ -43,7 +43,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::procfs;
 use crate::soak_client::{self, HttpClient, Spec, Stats, status_class};
-use crate::soak_upstream::{Delays, SoakUpstream};
+use crate::soak_upstream::{Delays, Fault, SoakUpstream};
 
 /// `sentinel-bench soak`.
 #[derive(Debug, clap::Args)]
@@ -874,6 +874,28 @@ impl Report {
                 s.sent
             ));
         }
+        // Two documented behaviours the faults should show, for reading
+        // (not part of the verdict).
+        let upstream_of = |wanted: &[Fault]| -> u64 {
+            faults
+                .iter()
+                .filter(|(f, _, _)| wanted.contains(f))
+                .map(|(_, j, s)| j + s)
+                .sum()
+        };
+        r.line(format!(
+            "note: the upstream answered 429 {} times; answers 429 rate_limited: {}",
+            upstream_of(&[Fault::RateLimited]),
+            s.documented
+                .get(&(429, "rate_limited".to_owned()))
+                .copied()
+                .unwrap_or(0)
+        ));
+        let mid_stream = upstream_of(&[Fault::ResetMidStream, Fault::StallMidStream]);
+        r.line(format!(
+            "note: upstream streams broken or stalled after their first events: {mid_stream}; client streams ended by an error event: {error_events}; so at most {} continued on another model",
+            mid_stream.saturating_sub(error_events)
+        ));
         let mut latencies = s.latencies_ms.clone();
         latencies.sort_by(f32::total_cmp);
         r.line(format!(
@@ -961,11 +983,14 @@ impl Report {
 
         // RSS.
         let warmup = o.warmup_secs as f64;
-        let mut series = String::from("proxy RSS, MiB:");
-        for (t, b) in input.rss {
-            let _ = write!(series, " {t:.0}s {:.1} |", mib(*b));
+        r.line("proxy RSS, MiB (seconds since the load began: RSS):");
+        for row in input.rss.chunks(10) {
+            let cells: Vec<String> = row
+                .iter()
+                .map(|(t, b)| format!("{t:>4.0}s {:>5.1}", mib(*b)))
+                .collect();
+            r.line(format!("  {}", cells.join(" |")));
         }
-        r.line(series.trim_end_matches(" |"));
         let after: Vec<(f64, u64)> = input
             .rss
             .iter()
