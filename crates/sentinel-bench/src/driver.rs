@@ -107,7 +107,7 @@ impl Drop for Process {
 }
 
 /// `n` distinct free loopback ports (bound together, then released).
-fn free_addrs(n: usize) -> Result<Vec<SocketAddr>, String> {
+pub(crate) fn free_addrs(n: usize) -> Result<Vec<SocketAddr>, String> {
     let listeners = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()
@@ -473,7 +473,7 @@ fn signed_us(seconds: f64) -> String {
     format!("{:+.0}", seconds * 1e6)
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

@@ -9,14 +9,23 @@
 //!   hyper, the floor for any extra hop;
 //! - `sentinel-bench run`: the driver. It starts the two above, a
 //!   `redis-server` and two `sentinel-proxy` processes (memory backends,
-//!   Redis sessions), drives each with `oha`, and prints one table.
+//!   Redis sessions), drives each with `oha`, and prints one table;
+//! - `sentinel-bench soak`: the reliability run behind `scripts/soak`. It
+//!   starts a fault-injecting mock upstream and a flapping mock Zion
+//!   (inside the harness), a `redis-server` it restarts mid-run, and one
+//!   `sentinel-proxy`, drives mixed JSON and SSE load, and checks what the
+//!   client saw against the proxy's metrics and log.
 //!
-//! See `BENCHMARKS.md` at the root of the repository for the method.
+//! See `BENCHMARKS.md` and `RELIABILITY.md` at the root of the repository
+//! for the methods.
 
 mod driver;
 mod oha;
 mod passthrough;
 mod procfs;
+mod soak;
+mod soak_client;
+mod soak_upstream;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -51,6 +60,8 @@ enum Command {
     },
     /// Run the whole benchmark and print the table.
     Run(driver::Options),
+    /// Run the soak: faults, chaos and load for a few minutes, then a verdict.
+    Soak(soak::Options),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +70,7 @@ fn main() -> ExitCode {
         Command::Upstream { listen } => serve(upstream::serve(listen)),
         Command::Passthrough { listen, upstream } => serve(passthrough::serve(listen, upstream)),
         Command::Run(options) => driver::run(&options),
+        Command::Soak(options) => soak::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
