@@ -114,9 +114,10 @@ pub(crate) fn header_tier(headers: &HeaderMap) -> Result<Option<Tier>, SentinelE
 
 /// A routed request's body must be JSON: no `Content-Type` (read as JSON,
 /// as SDKs expect) or `application/json`, with or without parameters
-/// (`; charset=utf-8`), given once. Anything else is
-/// `unsupported_media_type`: `application/grpc+json` among them, whose
-/// framing is not a JSON body. The message names no client value.
+/// (`; charset=utf-8`), given once, with no `Content-Encoding` but
+/// `identity`. Anything else is `unsupported_media_type`:
+/// `application/grpc+json` among them, whose framing is not a JSON body.
+/// The message names no client value.
 pub(crate) fn json_content_type(headers: &HeaderMap) -> Result<(), SentinelError> {
     let mut values = headers.get_all(http::header::CONTENT_TYPE).iter();
     let Some(value) = values.next() else {
@@ -128,14 +129,25 @@ pub(crate) fn json_content_type(headers: &HeaderMap) -> Result<(), SentinelError
         .and_then(|v| v.split(';').next())
         .map(|v| v.trim().to_ascii_lowercase());
     let json = values.next().is_none() && essence.is_some_and(|e| e == "application/json");
-    if json {
-        Ok(())
-    } else {
-        Err(SentinelError::new(
+    if !json {
+        return Err(SentinelError::new(
             ErrorCode::UnsupportedMediaType,
             "the request body must be JSON: send `Content-Type: application/json`",
-        ))
+        ));
     }
+    // The body is read as it is: a coded one would be misread, and the
+    // rewritten body is plain whatever the header said.
+    let coded = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+    if coded {
+        return Err(SentinelError::new(
+            ErrorCode::UnsupportedMediaType,
+            "the request body must not be compressed: send it without `Content-Encoding`",
+        ));
+    }
+    Ok(())
 }
 
 /// The valid tier names, comma-separated, in order.

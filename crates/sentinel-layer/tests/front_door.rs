@@ -75,6 +75,31 @@ async fn a_routed_path_answers_415_to_any_content_type_but_json() {
 }
 
 #[tokio::test]
+async fn a_compressed_body_is_415() {
+    let app = app();
+    let body = json!({ "tier": "simple", "messages": messages() }).to_string();
+    for encoding in ["gzip", "br", "deflate, identity"] {
+        let request = http::Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(Body::from(body.clone()))
+            .unwrap();
+        let r = send(&app, request).await;
+        assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{encoding}");
+        assert!(
+            r.body.get("model").is_none(),
+            "the handler was never called"
+        );
+    }
+    let request = http::Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("content-encoding", "identity")
+        .body(Body::from(body))
+        .unwrap();
+    assert_eq!(send(&app, request).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn json_content_types_and_none_are_routed() {
     let app = app();
     let body = json!({ "model": "complex", "messages": messages() }).to_string();

@@ -29,6 +29,8 @@ pub const STREAM_ERRORS: &str = "sentinel_stream_errors_total";
 pub const UNKNOWN_PROVIDER_MODELS: &str = "sentinel_unknown_provider_models_total";
 /// Every HTTP request answered.
 pub const HTTP_REQUESTS: &str = "sentinel_http_requests_total";
+/// Client connections open right now.
+pub const CONNECTIONS_OPEN: &str = "sentinel_connections_open";
 /// Requests shed at once because the in-flight cap was reached.
 pub const REQUESTS_SHED: &str = "sentinel_requests_shed_total";
 
@@ -96,6 +98,7 @@ fn describe() {
         HTTP_REQUESTS,
         "HTTP requests answered by the proxy, by status class."
     );
+    metrics::describe_gauge!(CONNECTIONS_OPEN, "Client connections open right now.");
     describe_counter!(
         REQUESTS_SHED,
         "Requests answered 503 overloaded because the in-flight cap was reached."

@@ -11,6 +11,13 @@
 //! - **an idle keep-alive connection**: `keepalive_idle_timeout` after its
 //!   last response ended; then it is closed gracefully (HTTP/2: `GOAWAY`).
 //! - **a request body**: the routing layer's body timeout (`408`).
+//! - **a response it does not read**: `send_timeout` during which a
+//!   response body that has something to send is not taken by the
+//!   connection (the socket is full, or an HTTP/2 peer grants no window);
+//!   then the connection is closed, and with it what its requests held (an
+//!   in-flight place, an upstream connection).
+//! - **a connection at all**: at most `max_connections` are open; past
+//!   that, new ones wait in the listen backlog until one closes.
 //!
 //! hyper counts its own header-read timeout from the moment a connection
 //! waits for a head, so on a keep-alive connection it would be the idle
@@ -42,10 +49,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::metrics as m;
 use crate::settings::ClientLimits;
 
 /// The connection limits the watchdog enforces.
@@ -53,6 +61,8 @@ use crate::settings::ClientLimits;
 pub(crate) struct ConnLimits {
     pub(crate) header_read: Duration,
     pub(crate) keepalive_idle: Duration,
+    pub(crate) send: Duration,
+    pub(crate) max_connections: usize,
 }
 
 impl From<&ClientLimits> for ConnLimits {
@@ -60,9 +70,14 @@ impl From<&ClientLimits> for ConnLimits {
         ConnLimits {
             header_read: limits.header_read_timeout,
             keepalive_idle: limits.keepalive_idle_timeout,
+            send: limits.send_timeout,
+            max_connections: limits.max_connections,
         }
     }
 }
+
+/// Streams one HTTP/2 connection may have open at once.
+const MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// The connection builder with the client limits set.
 pub(crate) fn builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
@@ -77,6 +92,10 @@ pub(crate) fn builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // Pings find peers that went away without closing.
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
@@ -117,8 +136,19 @@ pub(crate) async fn serve<A: App>(
     drain: Duration,
 ) -> io::Result<()> {
     let builder = Arc::new(builder);
+    let slots = Arc::new(Semaphore::new(
+        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let mut connections = JoinSet::new();
     loop {
+        // A free slot first: past the cap, new connections wait in the
+        // listen backlog instead of taking file descriptors.
+        let slot = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => break,
@@ -149,13 +179,14 @@ pub(crate) async fn serve<A: App>(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        connections.spawn(connection(
-            builder.clone(),
-            tcp,
-            app.clone(),
-            limits,
-            stop.clone(),
-        ));
+        let open = ::metrics::gauge!(m::CONNECTIONS_OPEN);
+        open.increment(1.0);
+        let task = connection(builder.clone(), tcp, app.clone(), limits, stop.clone());
+        connections.spawn(async move {
+            task.await;
+            open.decrement(1.0);
+            drop(slot);
+        });
     }
     drop(listener);
     let drained = tokio::time::timeout(drain, async {
@@ -215,6 +246,10 @@ async fn connection<A: App>(
                         tracing::debug!("request head not received in time; closing the connection");
                         return;
                     }
+                    Verdict::SendStalled => {
+                        tracing::debug!("the client took no response data in time; closing the connection");
+                        return;
+                    }
                     Verdict::Idle if closing => return,
                     Verdict::Idle => {
                         closing = true;
@@ -242,6 +277,10 @@ struct Activity {
     /// An HTTP/2 connection: its reads between requests are frames (pings,
     /// settings), not a head, and never start the header clock.
     h2: AtomicBool,
+    /// Since when a response body has had something for the connection to
+    /// take (a head just handed over, or a frame it yielded) without being
+    /// polled again (nanoseconds after `origin`, plus one; 0: none).
+    waiting_since: AtomicU64,
 }
 
 /// What the watchdog does.
@@ -251,6 +290,8 @@ enum Verdict {
     Wait(Instant),
     /// A head took too long: close now.
     HeaderTimeout,
+    /// The client took no response data for too long: close now.
+    SendStalled,
     /// Idle too long: close gracefully.
     Idle,
 }
@@ -264,13 +305,31 @@ impl Activity {
             reading_head: AtomicBool::new(true),
             since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            waiting_since: AtomicU64::new(0),
         }
     }
 
-    fn mark(&self, now: Instant) {
+    fn nanos(&self, now: Instant) -> u64 {
         let nanos = now.saturating_duration_since(self.origin).as_nanos();
-        self.since
-            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
+        u64::try_from(nanos).unwrap_or(u64::MAX - 1)
+    }
+
+    fn mark(&self, now: Instant) {
+        self.since.store(self.nanos(now), Ordering::Relaxed);
+    }
+
+    /// A response body has something for the connection to take: starts the
+    /// send clock unless it runs already.
+    fn on_body_ready(&self) {
+        let now = self.nanos(Instant::now()) + 1;
+        let _ = self
+            .waiting_since
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// The connection polled a response body: it is taking data.
+    fn on_body_polled(&self) {
+        self.waiting_since.store(0, Ordering::Release);
     }
 
     /// Bytes arrived.
@@ -296,12 +355,25 @@ impl Activity {
     fn on_response_end(&self) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.mark(Instant::now());
+            // A body that ended without being polled (an empty one) leaves
+            // nothing waiting for the next request.
+            self.waiting_since.store(0, Ordering::Release);
         }
     }
 
     fn verdict(&self, now: Instant, limits: ConnLimits) -> Verdict {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Verdict::Wait(now + limits.header_read.min(limits.keepalive_idle));
+            let recheck = now + limits.header_read.min(limits.keepalive_idle);
+            let waiting = self.waiting_since.load(Ordering::Acquire);
+            if waiting == 0 {
+                return Verdict::Wait(recheck.min(now + limits.send));
+            }
+            let deadline = self.origin + Duration::from_nanos(waiting - 1) + limits.send;
+            return if now >= deadline {
+                Verdict::SendStalled
+            } else {
+                Verdict::Wait(deadline.min(recheck))
+            };
         }
         let since = self.origin + Duration::from_nanos(self.since.load(Ordering::Relaxed));
         if self.reading_head.load(Ordering::Acquire) {
@@ -395,7 +467,7 @@ impl Drop for InFlight {
 }
 
 impl<A: App> tower::Service<Request<Incoming>> for Tracked<A> {
-    type Response = Response<Guarded<Body, InFlight>>;
+    type Response = Response<ConnBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
@@ -409,8 +481,48 @@ impl<A: App> tower::Service<Request<Incoming>> for Tracked<A> {
         let call = tower::ServiceExt::oneshot(self.inner.clone(), request.map(Body::new));
         Box::pin(async move {
             let response = call.await?;
-            Ok(response.map(|body| Guarded { inner: body, guard }))
+            // The head goes to the connection now; its body waits to be taken.
+            guard.0.on_body_ready();
+            Ok(response.map(|body| ConnBody { inner: body, guard }))
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body on its connection: reports to the watchdog when the
+    /// connection takes from it, and ends its request's time in flight when
+    /// it ends or is dropped.
+    pub(crate) struct ConnBody {
+        #[pin]
+        inner: Body,
+        guard: InFlight,
+    }
+}
+
+impl http_body::Body for ConnBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        let activity = &this.guard.0;
+        activity.on_body_polled();
+        let polled = this.inner.poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) {
+            activity.on_body_ready();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -459,6 +571,8 @@ mod tests {
     const LIMITS: ConnLimits = ConnLimits {
         header_read: Duration::from_secs(10),
         keepalive_idle: Duration::from_secs(75),
+        send: Duration::from_secs(30),
+        max_connections: 10,
     };
 
     #[tokio::test(start_paused = true)]
@@ -513,6 +627,49 @@ mod tests {
             a.verdict(first_byte + Duration::from_secs(10), LIMITS),
             Verdict::HeaderTimeout
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_the_client_does_not_take_is_cut_after_the_send_timeout() {
+        let a = Activity::new(Instant::now());
+        a.on_request(Version::HTTP_11);
+        // Waiting on the upstream (no head yet): never stalled.
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert!(matches!(
+            a.verdict(Instant::now(), LIMITS),
+            Verdict::Wait(_)
+        ));
+        // The head is handed over and its body polled: taking data.
+        a.on_body_ready();
+        a.on_body_polled();
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert!(matches!(
+            a.verdict(Instant::now(), LIMITS),
+            Verdict::Wait(_)
+        ));
+        // A frame is yielded and the connection does not come back for it.
+        a.on_body_ready();
+        let ready = Instant::now();
+        assert_eq!(
+            a.verdict(ready, LIMITS),
+            Verdict::Wait(ready + Duration::from_secs(10))
+        );
+        tokio::time::advance(Duration::from_secs(29)).await;
+        a.on_body_ready(); // a second frame does not restart the clock
+        assert!(matches!(
+            a.verdict(Instant::now(), LIMITS),
+            Verdict::Wait(_)
+        ));
+        assert_eq!(
+            a.verdict(ready + Duration::from_secs(30), LIMITS),
+            Verdict::SendStalled
+        );
+        // Once polled again, it is fine.
+        a.on_body_polled();
+        assert!(matches!(
+            a.verdict(ready + Duration::from_secs(30), LIMITS),
+            Verdict::Wait(_)
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -42,7 +42,12 @@ pub(crate) fn app(
     max_in_flight: usize,
     cors_origins: &[String],
 ) -> tower::util::Either<tower_http::cors::Cors<Front<Router>>, Front<Router>> {
-    let routed = Answered(routed);
+    let routed = Answered {
+        routed,
+        admission: Arc::new(Semaphore::new(
+            max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
+        )),
+    };
     let router = Router::new()
         .route(
             "/v1/chat/completions",
@@ -62,7 +67,6 @@ pub(crate) fn app(
     let front = Front {
         inner: router,
         inbound_keys: Arc::new(keys.iter().map(|k| KeyDigest::of(k.expose())).collect()),
-        admission: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
     };
     match cors(cors_origins) {
         Some(cors) => tower::util::Either::Left(cors.layer(front)),
@@ -99,11 +103,22 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 type BoxResponse =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
 
-/// The routed service with its errors answered as responses. Routed
-/// requests never fail as service errors (the layer answers in its
-/// envelope); an error can only come from a request it passed through.
+/// The routed service with its errors answered as responses, behind the
+/// in-flight cap. Routed requests never fail as service errors (the layer
+/// answers in its envelope); an error can only come from a request it
+/// passed through.
+///
+/// The cap is a semaphore whose permit travels with the response body, so
+/// a stream holds its place until its last byte (tower's
+/// `ConcurrencyLimit` would free it when the response head is ready). Past
+/// the cap a request is answered `503 overloaded` at once, never queued.
+/// Only routed requests take a place: everything else the proxy answers
+/// from memory.
 #[derive(Clone)]
-struct Answered(TierRouting<Upstream>);
+struct Answered {
+    routed: TierRouting<Upstream>,
+    admission: Arc<Semaphore>,
+}
 
 impl tower::Service<Request> for Answered {
     type Response = Response;
@@ -118,10 +133,13 @@ impl tower::Service<Request> for Answered {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let routed = self.0.clone();
+        let Ok(permit) = self.admission.clone().try_acquire_owned() else {
+            return Box::pin(std::future::ready(Ok(overloaded())));
+        };
+        let routed = self.routed.clone();
         Box::pin(async move {
             Ok(match routed.oneshot(request).await {
-                Ok(response) => response.into_response(),
+                Ok(response) => response.map(|body| Body::new(Guarded::new(body, permit))),
                 Err(e) => upstream_failed(&e),
             })
         })
@@ -145,7 +163,11 @@ async fn models() -> Response {
 }
 
 /// `GET /v1/models/{id}`: a tier, as OpenAI's model retrieval answers.
-async fn model(axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+async fn model(
+    id: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    // An id that is not UTF-8 once decoded is no tier either.
+    let id = id.map(|p| p.0).unwrap_or_default();
     match id.parse::<Tier>() {
         Ok(tier) => axum::Json(model_object(tier)).into_response(),
         Err(_) => {
@@ -258,12 +280,6 @@ fn authorized(keys: &[KeyDigest], request: &Request) -> bool {
     bool::from(ok)
 }
 
-/// Paths that are never shed: an overloaded proxy still answers its
-/// probes and its metrics.
-fn exempt_from_admission(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics")
-}
-
 fn overloaded() -> Response {
     ::metrics::counter!(m::REQUESTS_SHED).increment(1);
     SentinelError::new(
@@ -315,20 +331,13 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// The front service: sets `X-Request-Id` on every request and response,
-/// answers `401` to requests without a valid inbound key, sheds load over
-/// the in-flight cap (`503 overloaded`, `Retry-After: 1`, at once, never
-/// queued), and logs each request once. One service instead of a
-/// middleware per concern: no boxed clone of the router per concern and
-/// per request.
-///
-/// The cap is a semaphore whose permit travels with the response body, so
-/// a stream holds its place until its last byte; tower's
-/// `ConcurrencyLimit` would release it when the response head is ready.
+/// answers `401` to requests without a valid inbound key, and logs each
+/// request once. One service instead of a middleware per concern: no boxed
+/// clone of the router per concern and per request.
 #[derive(Clone)]
 pub(crate) struct Front<S> {
     inner: S,
     inbound_keys: Arc<Vec<KeyDigest>>,
-    admission: Arc<Semaphore>,
 }
 
 impl<S> tower::Service<Request> for Front<S>
@@ -360,27 +369,11 @@ where
         };
         let method = request.method().clone();
         let uri = request.uri().clone();
-        let admitted = if !authorized(&self.inbound_keys, &request) {
-            Err(unauthorized())
-        } else if exempt_from_admission(uri.path()) {
-            Ok(None)
-        } else {
-            match self.admission.clone().try_acquire_owned() {
-                Ok(permit) => Ok(Some(permit)),
-                Err(_) => Err(overloaded()),
-            }
-        };
-        let inner = self.inner.clone();
+        let inner = authorized(&self.inbound_keys, &request).then(|| self.inner.clone());
         Box::pin(async move {
-            let mut response = match admitted {
-                Ok(permit) => {
-                    let response = inner.oneshot(request).await?;
-                    match permit {
-                        Some(permit) => response.map(|body| Body::new(Guarded::new(body, permit))),
-                        None => response,
-                    }
-                }
-                Err(refused) => refused,
+            let mut response = match inner {
+                Some(inner) => inner.oneshot(request).await?,
+                None => unauthorized(),
             };
             response.headers_mut().insert(REQUEST_ID_NAME, id.clone());
             log_request(&id, &method, &uri, started, &response);

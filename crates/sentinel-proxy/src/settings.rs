@@ -50,8 +50,14 @@ SETTINGS (environment variable / file key: meaning [default])
                                                 else 408 request_timeout [30000]
   SENTINEL_KEEPALIVE_IDLE_TIMEOUT_MS / client.keepalive_idle_timeout_ms
                                                 an idle keep-alive connection is closed after this [75000]
-  SENTINEL_MAX_IN_FLIGHT / client.max_in_flight requests served at once (streams until their end); beyond
-                                                it 503 overloaded with Retry-After: 1 [10000]
+  SENTINEL_SEND_TIMEOUT_MS / client.send_timeout_ms
+                                                a client that takes no response data for this long (it
+                                                stopped reading) has its connection closed [30000]
+  SENTINEL_MAX_CONNECTIONS / client.max_connections
+                                                client connections open at once; more wait in the
+                                                listen backlog [20000]
+  SENTINEL_MAX_IN_FLIGHT / client.max_in_flight routed requests served at once (streams until their end);
+                                                beyond it 503 overloaded with Retry-After: 1 [10000]
   SENTINEL_MAX_HEADER_BYTES / client.max_header_bytes
                                                 largest request head, 8192..=1048576; beyond it 431 [65536]
   SENTINEL_CORS_ALLOWED_ORIGINS / cors.allowed_origins
@@ -202,6 +208,10 @@ pub struct ClientLimits {
     pub body_read_timeout: Duration,
     /// An idle keep-alive connection is closed after this.
     pub keepalive_idle_timeout: Duration,
+    /// A client that takes no response data this long is disconnected.
+    pub send_timeout: Duration,
+    /// Client connections open at once.
+    pub max_connections: usize,
     /// Requests served at once; beyond it, 503 `overloaded`.
     pub max_in_flight: usize,
     /// Largest request head in bytes; beyond it, 431.
@@ -346,6 +356,8 @@ struct FileClient {
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
     keepalive_idle_timeout_ms: Option<u64>,
+    send_timeout_ms: Option<u64>,
+    max_connections: Option<u64>,
     max_in_flight: Option<u64>,
     max_header_bytes: Option<u64>,
 }
@@ -611,6 +623,22 @@ impl Settings {
                 75_000,
                 1..=3_600_000,
             )?),
+            send_timeout: ms(number(
+                env,
+                "SENTINEL_SEND_TIMEOUT_MS",
+                "client.send_timeout_ms",
+                file.client.send_timeout_ms,
+                30_000,
+                1..=3_600_000,
+            )?),
+            max_connections: number(
+                env,
+                "SENTINEL_MAX_CONNECTIONS",
+                "client.max_connections",
+                file.client.max_connections,
+                20_000,
+                1..=1_000_000,
+            )? as usize,
             max_in_flight: number(
                 env,
                 "SENTINEL_MAX_IN_FLIGHT",
@@ -912,6 +940,8 @@ models = [{ provider = "azure", model = "m", relative_cost = 2 }]
             ("SENTINEL_BODY_READ_TIMEOUT_MS", "x"),
             ("SENTINEL_KEEPALIVE_IDLE_TIMEOUT_MS", "0"),
             ("SENTINEL_MAX_IN_FLIGHT", "0"),
+            ("SENTINEL_SEND_TIMEOUT_MS", "0"),
+            ("SENTINEL_MAX_CONNECTIONS", "0"),
             ("SENTINEL_MAX_HEADER_BYTES", "4096"),
             ("SENTINEL_CORS_ALLOWED_ORIGINS", "https://app.example/path"),
             ("SENTINEL_CORS_ALLOWED_ORIGINS", "*,https://app.example"),
@@ -953,6 +983,8 @@ models = [{ provider = "azure", model = "m", relative_cost = 2 }]
                 header_read_timeout: Duration::from_secs(10),
                 body_read_timeout: Duration::from_secs(30),
                 keepalive_idle_timeout: Duration::from_secs(75),
+                send_timeout: Duration::from_secs(30),
+                max_connections: 20_000,
                 max_in_flight: 10_000,
                 max_header_bytes: 65_536,
             }

@@ -17,7 +17,7 @@
 use bytes::{Bytes, BytesMut};
 
 /// The largest event held back while it is incomplete.
-pub(crate) const EVENT_CAP: usize = 4 << 20;
+pub(crate) const EVENT_CAP: usize = 1 << 20;
 
 /// An event grew past [`EVENT_CAP`] without ending.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub(crate) enum Api {
 }
 
 /// Cuts an SSE stream into whole events. See the [module docs](self).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Framer {
     /// Bytes after the last whole event.
     pending: BytesMut,
@@ -496,6 +496,7 @@ mod tests {
                     Ok(None) => {}
                     Err(EventTooLarge) => { too_large = true; break; }
                 }
+                prop_assert!(f.pending.len() <= cap, "held back {} over {cap}", f.pending.len());
                 start = end;
             }
             prop_assert!(bytes.starts_with(&out));
@@ -507,8 +508,16 @@ mod tests {
                     "{:?} not in {:?}", out.len(), ends
                 );
                 let mut whole = out.clone();
+                let mut failed = f.clone();
                 if let Some(rest) = f.finish() { whole.extend_from_slice(&rest); }
                 prop_assert_eq!(whole, bytes);
+                // Had it broken here instead, the error event would follow
+                // what was passed on, whole, with nothing of the partial
+                // event in between.
+                let error = failed.fail("upstream_failed", "x");
+                let expected_start: &[u8] = b"data: {\"error\"";
+                prop_assert!(error.starts_with(expected_start), "{:?}", error);
+                prop_assert!(failed.pending.is_empty());
             }
         }
 

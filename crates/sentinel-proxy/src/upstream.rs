@@ -163,6 +163,17 @@ pub const FORWARDED_REQUEST_HEADERS: [HeaderName; 7] = [
     HeaderName::from_static("tracestate"),
 ];
 
+/// Whether the client's `Connection` header names `name`: such a header is
+/// for this hop only.
+fn named_in_connection(headers: &http::HeaderMap, name: &HeaderName) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+}
+
 /// Response headers that are the connection's, not the response's, or
 /// that name the provider account behind Sentinel.
 const DROPPED_RESPONSE_HEADERS: [HeaderName; 9] = [
@@ -229,6 +240,9 @@ impl Upstream {
 
         let mut headers = http::HeaderMap::with_capacity(FORWARDED_REQUEST_HEADERS.len() + 2);
         for name in &FORWARDED_REQUEST_HEADERS {
+            if named_in_connection(&parts.headers, name) {
+                continue;
+            }
             for value in parts.headers.get_all(name) {
                 headers.append(name.clone(), value.clone());
             }

@@ -68,6 +68,9 @@ pub enum UpstreamFault {
     /// [`BreakStreamAfter`](Self::BreakStreamAfter) does. Not streamed: as
     /// `BreakStreamAfter`.
     BreakMidEvent(usize),
+    /// Hold the request until [`MockUpstream::release_held`] is called,
+    /// then answer normally.
+    Hold,
 }
 
 /// A completion request as [`MockUpstream`] received it.
@@ -107,6 +110,8 @@ struct UpstreamState {
     next_id: AtomicU64,
     stream: Mutex<StreamSettings>,
     models: Mutex<Vec<String>>,
+    /// Whether held requests may go on.
+    released: tokio::sync::watch::Sender<bool>,
 }
 
 impl UpstreamState {
@@ -161,6 +166,7 @@ impl MockUpstream {
                     .map(String::from)
                     .to_vec(),
             ),
+            released: tokio::sync::watch::Sender::new(false),
         });
         let server = Server::spawn(listener, router(Arc::clone(&state)));
         Ok(Self {
@@ -198,6 +204,12 @@ impl MockUpstream {
     /// Answers `model` normally again.
     pub fn clear_fault(&self, model: &str) {
         lock(&self.state.faults).remove(model);
+    }
+
+    /// Lets every request held by [`UpstreamFault::Hold`] go on (and those
+    /// held later pass at once).
+    pub fn release_held(&self) {
+        self.state.released.send_replace(true);
     }
 
     /// Clears every model's fault and the health fault.
@@ -358,6 +370,10 @@ async fn complete(
             mid_event = true;
         }
         Some(UpstreamFault::SlowStream(wait)) => delay = wait,
+        Some(UpstreamFault::Hold) => {
+            let mut released = state.released.subscribe();
+            let _ = released.wait_for(|r| *r).await;
+        }
     }
 
     let id = state.next_id.fetch_add(1, Ordering::SeqCst);
@@ -403,7 +419,8 @@ async fn models(State(state): State<Arc<UpstreamState>>) -> Response {
         Some(
             UpstreamFault::BreakStreamAfter(_)
             | UpstreamFault::BreakMidEvent(_)
-            | UpstreamFault::SlowStream(_),
+            | UpstreamFault::SlowStream(_)
+            | UpstreamFault::Hold,
         )
         | None => {}
     }
