@@ -11,30 +11,22 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use proptest::prelude::*;
-use proptest::sample::Index;
-use proptest::test_runner::{FileFailurePersistence, RngAlgorithm};
+use proptest::test_runner::FileFailurePersistence;
 use sentinel_core::config::MAX_MODELS_PER_TIER;
 use sentinel_core::{
     ModelEntry, RawModel, RawPricing, RawTier, RawTierConfig, RawTiers, Tier, TierConfig,
 };
+use sentinel_testkit::hostile::mutated;
 
-/// Cases per property: `PROPTEST_CASES` when set (the longer run), else
-/// 2048. (`ProptestConfig::with_cases` would override the variable.)
+/// The shared hostile-input config; failure seeds go to this crate's own
+/// directory (an integration test has no lib.rs beside it for proptest's
+/// default).
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2048);
     ProptestConfig {
-        cases,
-        // ChaCha (the default) is most of a debug build's generation time.
-        rng_algorithm: RngAlgorithm::XorShift,
-        // Integration tests have no lib.rs beside them for proptest's
-        // default; seeds of failures go to the crate's own directory.
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
             "proptest-regressions/hostile_input.txt",
         ))),
-        ..ProptestConfig::default()
+        ..sentinel_testkit::hostile::config()
     }
 }
 
@@ -749,29 +741,6 @@ fn document() -> BoxedStrategy<Gen<Doc>> {
         1 => strs(&["[]", "null", "\"tiers\"", "", "{", "[{\"tiers\":{}}]"]).prop_map(|t| Gen::new(t, None)),
     ]
     .boxed()
-}
-
-/// `bytes` with a few bytes replaced, inserted or removed.
-fn mutated(bytes: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
-    let byte = prop::sample::select(b"{}[]\":,\\ 0159e-.ntu\xff\xc3\x00".to_vec());
-    (
-        bytes,
-        prop::collection::vec((any::<Index>(), 0u8..3, byte), 1..4),
-    )
-        .prop_map(|(mut bytes, edits)| {
-            for (at, op, byte) in edits {
-                let i = at.index(bytes.len() + 1);
-                match op {
-                    0 if i < bytes.len() => bytes[i] = byte,
-                    1 => bytes.insert(i, byte),
-                    _ if i < bytes.len() => {
-                        bytes.remove(i);
-                    }
-                    _ => {}
-                }
-            }
-            bytes
-        })
 }
 
 /// The contract's own tokens strung together: near-documents far more

@@ -929,21 +929,7 @@ mod tests {
     // (valid JSON, `model` set, no `tier`, every other member kept); on
     // failure, the code and that the message echoes no long client value.
 
-    /// Cases per property: `PROPTEST_CASES` when set (the longer run), else
-    /// 2048. (`ProptestConfig::with_cases` would override the variable.)
-    fn config() -> ProptestConfig {
-        use proptest::test_runner::RngAlgorithm;
-        let cases = std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2048);
-        ProptestConfig {
-            cases,
-            // ChaCha (the default) is most of a debug build's generation time.
-            rng_algorithm: RngAlgorithm::XorShift,
-            ..ProptestConfig::default()
-        }
-    }
+    use sentinel_testkit::hostile::{config, mutated};
 
     /// The codes a request's tier, session and body may fail with.
     const REQUEST_CODES: [ErrorCode; 5] = [
@@ -1341,26 +1327,6 @@ mod tests {
     fn object() -> impl Strategy<Value = Vec<u8>> {
         (ws(), prop::collection::vec(member(), 0..7), ws())
             .prop_map(|(a, members, b)| format!("{a}{{{}}}{b}", members.join(",")).into_bytes())
-    }
-
-    /// `bytes` with a few bytes replaced, inserted or removed.
-    fn mutated(bytes: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
-        let byte = prop::sample::select(b"{}[]\":,\\ 0e-.tnu\xff\xc3\x00".to_vec());
-        let edit = (any::<prop::sample::Index>(), 0u8..3, byte);
-        (bytes, prop::collection::vec(edit, 1..4)).prop_map(|(mut bytes, edits)| {
-            for (at, op, byte) in edits {
-                let i = at.index(bytes.len() + 1);
-                match op {
-                    0 if i < bytes.len() => bytes[i] = byte,
-                    1 => bytes.insert(i, byte),
-                    _ if i < bytes.len() => {
-                        bytes.remove(i);
-                    }
-                    _ => {}
-                }
-            }
-            bytes
-        })
     }
 
     /// Request bodies: mostly objects, some broken ones (trailing data,

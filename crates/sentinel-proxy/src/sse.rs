@@ -465,15 +465,8 @@ mod tests {
         ends
     }
 
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2048)
-    }
-
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(cases()))]
+        #![proptest_config(sentinel_testkit::hostile::config())]
 
         /// Arbitrary bytes cut anywhere: never a panic, the output is a
         /// prefix of the input (nothing added, nothing reordered), and a

@@ -753,20 +753,7 @@ mod tests {
     fn usage_is_found_in_sse_lines_split_anywhere() {
         let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":6}}\n\ndata: [DONE]\n\n";
         for split in 0..stream.len() {
-            let mut usage = Usage {
-                counters: Arc::new(UsageCounters {
-                    input: Counter::noop(),
-                    output: Counter::noop(),
-                    cost: Counter::noop(),
-                    missing: Counter::noop(),
-                }),
-                pricing: None,
-                sse: true,
-                buffer: BytesMut::new(),
-                overflow: false,
-                found: None,
-                finished: false,
-            };
+            let mut usage = noop_usage(true);
             usage.feed(&Bytes::copy_from_slice(&stream.as_bytes()[..split]));
             usage.feed(&Bytes::copy_from_slice(&stream.as_bytes()[split..]));
             assert_eq!(usage.found, Some((4, 6)), "split at {split}");
@@ -791,15 +778,8 @@ mod tests {
         }
     }
 
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2048)
-    }
-
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
+        #![proptest_config(sentinel_testkit::hostile::config())]
 
         /// The usage scanner over arbitrary bytes cut anywhere: never a
         /// panic, and what it keeps stays under its cap.

@@ -46,6 +46,8 @@ mod server;
 pub mod upstream;
 pub mod zion;
 
+pub mod hostile;
+
 pub use redis::{RedisServer, RespValue};
 pub use upstream::{MockUpstream, RecordedRequest, UpstreamFault};
 pub use zion::{MockZion, ZionFault};

@@ -389,23 +389,9 @@ impl std::error::Error for ZionError {}
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use proptest::test_runner::RngAlgorithm;
     use serde_json::{Value, json};
 
-    /// Cases per property: `PROPTEST_CASES` when set (the longer run), else
-    /// 2048. (`ProptestConfig::with_cases` would override the variable.)
-    fn config() -> ProptestConfig {
-        let cases = std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2048);
-        ProptestConfig {
-            cases,
-            // ChaCha (the default) is most of a debug build's generation time.
-            rng_algorithm: RngAlgorithm::XorShift,
-            ..ProptestConfig::default()
-        }
-    }
+    use sentinel_testkit::hostile::{config, mutated};
 
     /// The longest message `decode` may answer with, in bytes: its own text,
     /// a capped detail, or the core's `ConfigError` (names cut to 64
@@ -536,26 +522,6 @@ mod tests {
             ),
             1 => leaf().prop_map(|v| serde_json::to_vec(&v).unwrap()),
         ]
-    }
-
-    /// `bytes` with a few bytes replaced, inserted or removed.
-    fn mutated(bytes: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
-        let byte = prop::sample::select(b"{}[]\":,\\ 019e-.ntu\xff\xc3\x00".to_vec());
-        let edit = (any::<prop::sample::Index>(), 0u8..3, byte);
-        (bytes, prop::collection::vec(edit, 1..4)).prop_map(|(mut bytes, edits)| {
-            for (at, op, byte) in edits {
-                let i = at.index(bytes.len() + 1);
-                match op {
-                    0 if i < bytes.len() => bytes[i] = byte,
-                    1 => bytes.insert(i, byte),
-                    _ if i < bytes.len() => {
-                        bytes.remove(i);
-                    }
-                    _ => {}
-                }
-            }
-            bytes
-        })
     }
 
     /// A contract error over a document holding `long` where a number or a
