@@ -483,9 +483,11 @@ async fn non_retryable_upstream_answers_pass_through_as_they_are() {
     assert_eq!(reply.tier(), Some("moderate"));
     assert_eq!(upstream.calls_for("gpt-4o"), 1);
 
-    // 429 is retryable; with no second model the last attempt is Sentinel's 502.
+    // 429 is retryable; with no second model the last attempt answers 429
+    // `rate_limited` with the provider's Retry-After, so an SDK backs off.
     let reply = proxy.chat(&chat_body(Some("complex"))).await;
-    reply.assert_error(502, "upstream_failed");
+    reply.assert_error(429, "rate_limited");
+    assert_eq!(reply.retry_after(), 7);
     assert_eq!(reply.model(), Some("gpt-4.1"));
     assert_eq!(upstream.calls_for("gpt-4.1"), 1);
 }

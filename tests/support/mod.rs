@@ -268,6 +268,7 @@ impl Reply {
         let expected_type = match status {
             401 => "authentication_error",
             404 => "not_found_error",
+            429 => "rate_limit_error",
             400..=499 => "invalid_request_error",
             _ => "server_error",
         };

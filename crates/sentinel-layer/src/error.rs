@@ -51,6 +51,8 @@ pub enum ErrorCode {
     BodyTooLarge,
     /// 415: a routed request whose content type is not JSON.
     UnsupportedMediaType,
+    /// 429: the last attempt got a 429 (with the provider's `Retry-After`).
+    RateLimited,
     /// 502: a retryable failure on the last attempt.
     UpstreamFailed,
     /// 503: no tier config can be had.
@@ -80,6 +82,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorCode::TierConfigUnavailable
             | ErrorCode::TierUnavailable
@@ -103,6 +106,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::BodyTooLarge => "body_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::UpstreamFailed => "upstream_failed",
             ErrorCode::TierConfigUnavailable => "tier_config_unavailable",
             ErrorCode::TierUnavailable => "tier_unavailable",
@@ -117,6 +121,7 @@ impl ErrorCode {
         match self.status().as_u16() {
             401 => "authentication_error",
             404 => "not_found_error",
+            429 => "rate_limit_error",
             400..=499 => "invalid_request_error",
             _ => "server_error",
         }
@@ -248,6 +253,7 @@ mod tests {
             (RequestTimeout, 408),
             (BodyTooLarge, 413),
             (UnsupportedMediaType, 415),
+            (RateLimited, 429),
             (UpstreamFailed, 502),
             (TierConfigUnavailable, 503),
             (TierUnavailable, 503),

@@ -28,7 +28,7 @@ pub(crate) fn status_code(code: ErrorCode) -> u16 {
         // UNIMPLEMENTED
         ErrorCode::NotFound | ErrorCode::MethodNotAllowed => 12,
         // RESOURCE_EXHAUSTED
-        ErrorCode::BodyTooLarge | ErrorCode::Overloaded => 8,
+        ErrorCode::BodyTooLarge | ErrorCode::Overloaded | ErrorCode::RateLimited => 8,
         // DEADLINE_EXCEEDED
         ErrorCode::UpstreamTimeout | ErrorCode::RequestTimeout => 4,
         // UNAVAILABLE

@@ -7,8 +7,9 @@
 //! through. The decision is made on the response head, so a stream that
 //! has started is never retried; a request whose body was not buffered
 //! (gRPC) is never retried. When the last attempt fails, the policy answers
-//! in Sentinel's envelope: 502 `upstream_failed`, or 504 `upstream_timeout`
-//! after a timeout.
+//! in Sentinel's envelope: 429 `rate_limited` with the provider's
+//! `Retry-After` after a 429, 504 `upstream_timeout` after a timeout, else
+//! 502 `upstream_failed`.
 //!
 //! The policy is part of the stack [`TierRoutingLayer`](crate::TierRoutingLayer)
 //! builds; there is nothing to configure. What the inner service sees on a
@@ -39,7 +40,8 @@ use tokio::time::Instant;
 use tower::retry::Policy;
 
 use crate::body::{ResponseBody, RoutedBody};
-use crate::breaker::service::is_retryable_status;
+use crate::breaker::service::{is_retryable_status, retry_after};
+use crate::breaker::state::TicketSlot;
 use crate::decision::{RoutingDecision, SelectionReason};
 use crate::error::{ErrorCode, SentinelError};
 use crate::metrics as m;
@@ -84,6 +86,8 @@ impl NextModel {
 enum Failure {
     Timeout,
     BackingOff(Option<Instant>),
+    /// A 429, with the provider's `Retry-After`.
+    RateLimited(Option<std::time::Duration>),
     Other,
 }
 
@@ -99,6 +103,9 @@ impl<B, ResBody> Policy<Request<RoutedBody<B>>, Response<ResponseBody<ResBody>>,
     ) -> Option<Self::Future> {
         let failure = match result {
             Ok(response) if !is_retryable_status(response.status()) => return None,
+            Ok(response) if response.status() == http::StatusCode::TOO_MANY_REQUESTS => {
+                Failure::RateLimited(retry_after(response.headers()))
+            }
             Ok(_) => Failure::Other,
             Err(e) => match e.kind() {
                 UpstreamErrorKind::Timeout => Failure::Timeout,
@@ -113,8 +120,9 @@ impl<B, ResBody> Policy<Request<RoutedBody<B>>, Response<ResponseBody<ResBody>>,
             let now = Instant::now();
             let models = context.config.tier(decision.tier);
             let tried = |m: &sentinel_core::ModelEntry| m.is(&decision.provider, &decision.model);
-            if let Ok(next) = self.selector.choose(models, tried, now) {
+            if let Ok((next, ticket)) = self.selector.choose(models, tried, now) {
                 self.attempts += 1;
+                req.extensions_mut().insert(TicketSlot::new(ticket));
                 let body = context.template.render(next.model());
                 req.headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -149,6 +157,16 @@ impl<B, ResBody> Policy<Request<RoutedBody<B>>, Response<ResponseBody<ResBody>>,
                 let err = SentinelError::new(
                     ErrorCode::AllModelsBackingOff,
                     format!("every model of tier `{}` is backing off", decision.tier),
+                );
+                match wait {
+                    Some(w) => err.retry_after(w),
+                    None => err,
+                }
+            }
+            Failure::RateLimited(wait) => {
+                let err = SentinelError::new(
+                    ErrorCode::RateLimited,
+                    format!("the upstream model `{}` is rate limited", decision.model),
                 );
                 match wait {
                     Some(w) => err.retry_after(w),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sentinel_core::{ModelEntry, TierModels};
 use tokio::time::Instant;
 
-use crate::breaker::state::Breakers;
+use crate::breaker::state::{Breakers, Ticket};
 use crate::rng::Randomness;
 
 /// Why no model could be chosen.
@@ -30,19 +30,32 @@ impl Selector {
     }
 
     /// A weighted choice among the models of `models` that `exclude` keeps
-    /// and whose breakers are closed.
+    /// and whose breakers let it through, admitted in the same step: the
+    /// model comes with its [`Ticket`] (a probe slot claimed when its wait
+    /// is over). A model lost to another request's probe between the look
+    /// and the claim is left out and the choice made again, so a request
+    /// never spends an attempt on a refusal.
     pub(crate) fn choose<'c>(
         &self,
         models: &'c TierModels,
         exclude: impl Fn(&ModelEntry) -> bool,
         now: Instant,
-    ) -> Result<&'c ModelEntry, NoModel> {
-        let pick = models.choose(
-            |m| exclude(m) || !self.breakers.available(m, now),
-            self.rng.next(),
-        );
-        if let Some(m) = pick {
-            return Ok(m);
+    ) -> Result<(&'c ModelEntry, Ticket), NoModel> {
+        let mut lost: Vec<*const ModelEntry> = Vec::new();
+        loop {
+            let pick = models.choose(
+                |m| {
+                    exclude(m)
+                        || lost.iter().any(|l| std::ptr::eq(*l, m))
+                        || !self.breakers.available(m, now)
+                },
+                self.rng.next(),
+            );
+            let Some(m) = pick else { break };
+            match self.admit(m, now) {
+                Ok(ticket) => return Ok((m, ticket)),
+                Err(_) => lost.push(m),
+            }
         }
         models
             .models()
@@ -55,6 +68,11 @@ impl Selector {
                     wait: until.saturating_duration_since(now),
                 })
             })
+    }
+
+    /// Admits an attempt on `m` now, or says until when it is refused.
+    pub(crate) fn admit(&self, m: &ModelEntry, now: Instant) -> Result<Ticket, Instant> {
+        self.breakers.admit(m.provider_arc(), m.model_arc(), now)
     }
 
     pub(crate) fn available(&self, m: &ModelEntry, now: Instant) -> bool {

@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::state::{Admission, Breakers, Outcome, ProbeGuard};
+use super::state::{Breakers, Outcome, Ticket, TicketSlot};
 use crate::body::{ResponseBody, RoutedBody};
 use crate::decision::RoutingDecision;
 use crate::upstream::{BoxError, UpstreamError, UpstreamErrorKind};
@@ -69,10 +69,18 @@ pub(crate) fn is_grpc_unavailable(headers: &HeaderMap) -> bool {
     )
 }
 
-/// `Retry-After` in delta-seconds, when the upstream sent one.
+/// The upstream's `Retry-After`, in delta-seconds or as an HTTP-date (then
+/// the time left until it, zero when it has passed), when it sent one.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 impl<S, B, ResBody> Service<Request<RoutedBody<B>>> for Backoff<S>
@@ -94,19 +102,25 @@ where
         let Some(decision) = req.extensions().get::<RoutingDecision>().cloned() else {
             return BackoffFuture::called(self.inner.call(req), None);
         };
-        let probe = match self
-            .breakers
-            .admit(&decision.provider, &decision.model, Instant::now())
+        // Chosen and admitted in one step by the selector; admitted here
+        // only when the request was routed some other way.
+        let ticket = match req
+            .extensions()
+            .get::<TicketSlot>()
+            .and_then(TicketSlot::take)
         {
-            Admission::Closed => None,
-            Admission::Probe(guard) => Some(guard),
-            Admission::Refused { until } => {
-                return BackoffFuture::refused(UpstreamError::backing_off(until));
-            }
+            Some(ticket) => ticket,
+            None => match self
+                .breakers
+                .admit(&decision.provider, &decision.model, Instant::now())
+            {
+                Ok(ticket) => ticket,
+                Err(until) => return BackoffFuture::refused(UpstreamError::backing_off(until)),
+            },
         };
         let record = Record {
             decision,
-            probe,
+            ticket,
             breakers: self.breakers.clone(),
         };
         BackoffFuture::called(self.inner.call(req), Some(record))
@@ -116,18 +130,20 @@ where
 /// What to record when an attempt ends.
 struct Record {
     decision: RoutingDecision,
-    probe: Option<ProbeGuard>,
+    ticket: Ticket,
     breakers: Arc<Breakers>,
 }
 
 impl Record {
     fn finish(self, outcome: Outcome) {
         let now = Instant::now();
-        self.breakers
-            .record(&self.decision.provider, &self.decision.model, outcome, now);
-        if let Some(probe) = self.probe {
-            probe.resolve();
-        }
+        self.breakers.record(
+            &self.decision.provider,
+            &self.decision.model,
+            outcome,
+            self.ticket,
+            now,
+        );
     }
 }
 
@@ -238,5 +254,20 @@ mod tests {
         );
         headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("7"));
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        let date = httpdate::fmt_http_date(later);
+        headers.insert(header::RETRY_AFTER, date.parse().unwrap());
+        let wait = retry_after(&headers).unwrap();
+        assert!(
+            (Duration::from_secs(115)..=Duration::from_secs(120)).contains(&wait),
+            "{wait:?}"
+        );
+        headers.insert(
+            header::RETRY_AFTER,
+            http::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO), "a date passed");
+        headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
     }
 }

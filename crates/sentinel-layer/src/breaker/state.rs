@@ -3,8 +3,16 @@
 //! A breaker counts consecutive failures. At the threshold it opens for the
 //! core's backoff schedule (30 s, doubling, capped; `Retry-After` as a
 //! floor). When the wait ends, one probe request is let through: success
-//! closes it, failure reopens it for the next, doubled, wait. Requests only
-//! read state and record outcomes; nothing blocks.
+//! closes it, failure reopens it for the next, doubled, wait. Model and
+//! provider breakers work alike. Requests only read state and record
+//! outcomes; nothing blocks.
+//!
+//! An attempt is admitted with a [`Ticket`]: the generation of each breaker
+//! it passed (a generation ends at every transition) and, when it is a
+//! probe, the probe slot. Only failures of the breaker's current generation
+//! move it, so requests admitted before a breaker opened (stragglers) cannot
+//! double its wait, and the slot is freed whatever the probe's outcome (or
+//! when the ticket is dropped without one).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -41,6 +49,18 @@ struct State {
     /// Opened by another replica through the shared store.
     remote: bool,
     probe_since: Option<Instant>,
+    /// Advances at every open, reopen and close.
+    generation: u64,
+}
+
+impl State {
+    /// Back to closed, in a new generation.
+    fn reset(&mut self) {
+        *self = State {
+            generation: self.generation + 1,
+            ..State::default()
+        };
+    }
 }
 
 impl State {
@@ -71,35 +91,87 @@ impl Breaker {
     }
 }
 
-/// What the breaker says to an attempt.
-#[derive(Debug)]
-pub(crate) enum Admission {
-    /// Closed: go.
-    Closed,
-    /// The wait is over: go, as the one probe.
-    Probe(ProbeGuard),
-    /// Open until then.
-    Refused { until: Instant },
+/// One breaker's word on an attempt: the generation it was admitted in,
+/// and the probe slot when it is the probe.
+#[derive(Debug, Default)]
+pub(crate) struct Pass {
+    generation: u64,
+    /// Held for its `Drop`, which frees the probe slot.
+    _probe: Option<ProbeGuard>,
 }
 
-/// Held by the one probe request of a half-open breaker; releases the probe
-/// slot if dropped without an outcome.
+/// An admitted attempt: its pass of the provider's and of the model's
+/// breaker. Dropping it frees any probe slot it holds.
+#[derive(Debug, Default)]
+pub(crate) struct Ticket {
+    provider: Pass,
+    model: Pass,
+}
+
+impl Ticket {
+    /// Whether the attempt is a probe of either breaker.
+    #[cfg(test)]
+    pub(crate) fn is_probe(&self) -> bool {
+        self.provider._probe.is_some() || self.model._probe.is_some()
+    }
+}
+
+/// A [`Ticket`] travelling with its request as an extension (extensions
+/// are cloned; the ticket is taken once, by the backoff stage).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TicketSlot(Arc<Mutex<Option<Ticket>>>);
+
+impl TicketSlot {
+    pub(crate) fn new(ticket: Ticket) -> Self {
+        TicketSlot(Arc::new(Mutex::new(Some(ticket))))
+    }
+
+    pub(crate) fn take(&self) -> Option<Ticket> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Held by the one probe request of a half-open breaker; frees the probe
+/// slot when dropped, whatever became of the probe.
 #[derive(Debug)]
 pub(crate) struct ProbeGuard {
-    breaker: Option<Arc<Breaker>>,
-}
-
-impl ProbeGuard {
-    pub(crate) fn resolve(mut self) {
-        self.breaker = None;
-    }
+    breaker: Arc<Breaker>,
+    since: Instant,
 }
 
 impl Drop for ProbeGuard {
     fn drop(&mut self) {
-        if let Some(b) = self.breaker.take() {
-            b.with(|s| s.probe_since = None);
-        }
+        self.breaker.with(|s| {
+            if s.probe_since == Some(self.since) {
+                s.probe_since = None;
+            }
+        });
+    }
+}
+
+impl Breaker {
+    /// Admits an attempt now: closed, or open with the wait over and the
+    /// probe slot free (then it is the probe). `Err(until)`: refused.
+    fn pass(self: &Arc<Self>, now: Instant) -> Result<Pass, Instant> {
+        self.with(|s| {
+            if s.open_until.is_none() {
+                return Ok(Pass {
+                    generation: s.generation,
+                    _probe: None,
+                });
+            }
+            if let Some(until) = s.refuses(now) {
+                return Err(until);
+            }
+            s.probe_since = Some(now);
+            Ok(Pass {
+                generation: s.generation,
+                _probe: Some(ProbeGuard {
+                    breaker: self.clone(),
+                    since: now,
+                }),
+            })
+        })
     }
 }
 
@@ -167,14 +239,14 @@ impl Breakers {
     }
 
     /// When `m` may take traffic again, or `None` when it may now. A model
-    /// is unavailable while its breaker or its provider's is open.
+    /// is unavailable while its breaker or its provider's refuses.
     pub(crate) fn blocked_until(&self, m: &ModelEntry, now: Instant) -> Option<Instant> {
         let model = self
             .model(m.provider(), m.model())
             .and_then(|b| b.with(|s| s.refuses(now)));
         let provider = self
             .provider(m.provider())
-            .and_then(|b| b.with(|s| s.open_until.filter(|u| now < *u)));
+            .and_then(|b| b.with(|s| s.refuses(now)));
         match (model, provider) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -186,38 +258,39 @@ impl Breakers {
         self.blocked_until(m, now).is_none()
     }
 
-    /// Admits an attempt on (`provider`, `model`), claiming the probe slot
-    /// when the model's wait is over.
-    pub(crate) fn admit(&self, provider: &Arc<str>, model: &Arc<str>, now: Instant) -> Admission {
-        if let Some(until) = self
-            .provider(provider)
-            .and_then(|b| b.with(|s| s.open_until.filter(|u| now < *u)))
-        {
-            return Admission::Refused { until };
-        }
-        let Some(breaker) = self.model(provider, model) else {
-            return Admission::Closed;
+    /// Admits an attempt on (`provider`, `model`) in one step: both breakers
+    /// must let it through, and it claims the probe slot of any whose wait
+    /// is over. `Err(until)`: refused until then (nothing claimed).
+    pub(crate) fn admit(
+        &self,
+        provider: &Arc<str>,
+        model: &Arc<str>,
+        now: Instant,
+    ) -> Result<Ticket, Instant> {
+        let provider_pass = match self.provider(provider) {
+            Some(b) => b.pass(now)?,
+            None => Pass::default(),
         };
-        breaker.with(|s| {
-            if s.open_until.is_none() {
-                return Admission::Closed;
-            }
-            if let Some(until) = s.refuses(now) {
-                return Admission::Refused { until };
-            }
-            s.probe_since = Some(now);
-            Admission::Probe(ProbeGuard {
-                breaker: Some(breaker.clone()),
-            })
+        // A refusal here drops the provider's pass, and with it any probe slot.
+        let model_pass = match self.model(provider, model) {
+            Some(b) => b.pass(now)?,
+            None => Pass::default(),
+        };
+        Ok(Ticket {
+            provider: provider_pass,
+            model: model_pass,
         })
     }
 
-    /// Records the outcome of an attempt on (`provider`, `model`).
+    /// Records the outcome of the attempt that `ticket` admitted. A failure
+    /// moves a breaker only in the generation the attempt was admitted in;
+    /// a success closes both. The ticket is spent: its probe slots are free.
     pub(crate) fn record(
         &self,
         provider: &Arc<str>,
         model: &Arc<str>,
         outcome: Outcome,
+        ticket: Ticket,
         now: Instant,
     ) {
         match outcome {
@@ -231,13 +304,24 @@ impl Breakers {
             }
             Outcome::ModelFailure { retry_after } => {
                 let b = self.model_or_insert(provider, model);
-                self.fail(&b, "model", provider, Some(model), retry_after, now);
+                let generation = Some(ticket.model.generation);
+                self.fail(
+                    &b,
+                    "model",
+                    provider,
+                    Some(model),
+                    retry_after,
+                    generation,
+                    now,
+                );
             }
             Outcome::ConnectFailure => {
                 let b = self.provider_or_insert(provider);
-                self.fail(&b, "provider", provider, None, None, now);
+                let generation = Some(ticket.provider.generation);
+                self.fail(&b, "provider", provider, None, None, generation, now);
             }
         }
+        drop(ticket);
     }
 
     /// Records an active health check of `provider`: a success resets the
@@ -249,7 +333,7 @@ impl Breakers {
             }
         } else {
             let b = self.provider_or_insert(provider);
-            self.fail(&b, "provider", provider, None, None, now);
+            self.fail(&b, "provider", provider, None, None, None, now);
         }
     }
 
@@ -262,6 +346,7 @@ impl Breakers {
                 s.open_until = Some(until);
                 if !was_open {
                     s.remote = true;
+                    s.generation += 1;
                 }
             }
             !was_open
@@ -276,7 +361,7 @@ impl Breakers {
         if let Some(b) = self.model(provider, model) {
             let closed = b.with(|s| {
                 if s.remote && s.open_until.is_some() {
-                    *s = State::default();
+                    s.reset();
                     true
                 } else {
                     false
@@ -297,7 +382,11 @@ impl Breakers {
     ) {
         let was_open = b.with(|s| {
             let was_open = s.open_until.is_some();
-            *s = State::default();
+            if was_open {
+                s.reset();
+            } else {
+                s.failures = 0;
+            }
             was_open
         });
         if was_open {
@@ -308,6 +397,12 @@ impl Breakers {
         }
     }
 
+    /// A failure: counted toward the threshold while closed; while open,
+    /// only the probe's failure (the one attempt admitted in this
+    /// generation) reopens it for a longer wait. `generation` is the
+    /// attempt's (`None`: not a request, an active health check, which
+    /// always counts).
+    #[allow(clippy::too_many_arguments)]
     fn fail(
         &self,
         b: &Breaker,
@@ -315,15 +410,20 @@ impl Breakers {
         provider: &Arc<str>,
         model: Option<&Arc<str>>,
         retry_after: Option<Duration>,
+        generation: Option<u64>,
         now: Instant,
     ) {
         let schedule = self.settings.schedule;
         let threshold = self.settings.threshold;
         let opened = b.with(|s| {
+            if generation.is_some_and(|g| g != s.generation) {
+                // Admitted before the last transition: not about this state.
+                return None;
+            }
             let was_open = s.open_until.is_some();
             if was_open {
-                // The probe (or a request that slipped in) failed: wait longer.
-                if s.open_until.is_some_and(|u| now < u) && s.probe_since.is_none() {
+                if generation.is_none() && s.open_until.is_some_and(|u| now < u) {
+                    // A health check while the wait runs: nothing new.
                     return None;
                 }
                 s.openings = s.openings.saturating_add(1);
@@ -338,6 +438,7 @@ impl Breakers {
             s.open_until = Some(now + wait);
             s.remote = false;
             s.probe_since = None;
+            s.generation += 1;
             Some((wait, !was_open))
         });
         if let Some((wait, newly)) = opened {
@@ -392,24 +493,30 @@ mod tests {
 
     const FAIL: Outcome = Outcome::ModelFailure { retry_after: None };
 
+    /// Admits and records one attempt ending in `outcome`.
+    fn attempt(b: &Breakers, outcome: Outcome, now: Instant) {
+        let (p, m) = names();
+        let ticket = b.admit(&p, &m, now).expect("admitted");
+        b.record(&p, &m, outcome, ticket, now);
+    }
+
     fn is_open(b: &Breakers, now: Instant) -> bool {
         let (p, m) = names();
-        matches!(b.admit(&p, &m, now), Admission::Refused { .. })
+        b.admit(&p, &m, now).is_err()
     }
 
     #[test]
     fn opens_after_the_threshold_of_consecutive_failures() {
         let b = breakers(3);
-        let (p, m) = names();
         let now = Instant::now();
-        b.record(&p, &m, FAIL, now);
-        b.record(&p, &m, FAIL, now);
+        attempt(&b, FAIL, now);
+        attempt(&b, FAIL, now);
         assert!(!is_open(&b, now));
-        b.record(&p, &m, Outcome::Success, now);
-        b.record(&p, &m, FAIL, now);
-        b.record(&p, &m, FAIL, now);
+        attempt(&b, Outcome::Success, now);
+        attempt(&b, FAIL, now);
+        attempt(&b, FAIL, now);
         assert!(!is_open(&b, now), "a success resets the count");
-        b.record(&p, &m, FAIL, now);
+        attempt(&b, FAIL, now);
         assert!(is_open(&b, now));
         assert!(is_open(&b, now + Duration::from_secs(29)));
     }
@@ -419,23 +526,19 @@ mod tests {
         let b = breakers(1);
         let (p, m) = names();
         let t0 = Instant::now();
-        b.record(&p, &m, FAIL, t0);
+        attempt(&b, FAIL, t0);
         let t1 = t0 + Duration::from_secs(30);
-        let Admission::Probe(guard) = b.admit(&p, &m, t1) else {
-            panic!("expected the probe");
-        };
+        let probe = b.admit(&p, &m, t1).expect("the probe");
+        assert!(probe.is_probe());
         assert!(is_open(&b, t1), "only one probe at a time");
-        b.record(&p, &m, FAIL, t1);
-        guard.resolve();
+        b.record(&p, &m, FAIL, probe, t1);
         // Reopened for 60 s.
         assert!(is_open(&b, t1 + Duration::from_secs(59)));
         let t2 = t1 + Duration::from_secs(60);
-        let Admission::Probe(guard) = b.admit(&p, &m, t2) else {
-            panic!("expected the probe");
-        };
-        b.record(&p, &m, Outcome::Success, t2);
-        guard.resolve();
-        assert!(matches!(b.admit(&p, &m, t2), Admission::Closed));
+        let probe = b.admit(&p, &m, t2).expect("the probe");
+        b.record(&p, &m, Outcome::Success, probe, t2);
+        let ticket = b.admit(&p, &m, t2).expect("closed");
+        assert!(!ticket.is_probe());
     }
 
     #[test]
@@ -443,22 +546,90 @@ mod tests {
         let b = breakers(1);
         let (p, m) = names();
         let t0 = Instant::now();
-        b.record(&p, &m, FAIL, t0);
+        attempt(&b, FAIL, t0);
         let t1 = t0 + Duration::from_secs(30);
-        let probe = b.admit(&p, &m, t1);
-        assert!(matches!(probe, Admission::Probe(_)));
+        let probe = b.admit(&p, &m, t1).expect("the probe");
         drop(probe);
-        assert!(matches!(b.admit(&p, &m, t1), Admission::Probe(_)));
+        assert!(b.admit(&p, &m, t1).expect("the probe again").is_probe());
+    }
+
+    #[test]
+    fn a_probe_that_fails_to_connect_frees_the_models_slot() {
+        // Two failures open a breaker: one connect failure leaves the
+        // provider closed, so the model's own slot is what is checked.
+        let b = breakers(2);
+        let (p, m) = names();
+        let t0 = Instant::now();
+        attempt(&b, FAIL, t0);
+        attempt(&b, FAIL, t0);
+        let t1 = t0 + Duration::from_secs(30);
+        let probe = b.admit(&p, &m, t1).expect("the probe");
+        // A connect failure is the provider's: the model's wait does not
+        // grow, and its slot is free for the next attempt.
+        b.record(&p, &m, Outcome::ConnectFailure, probe, t1);
+        let next = b.admit(&p, &m, t1).expect("the model's probe slot is free");
+        assert!(next.is_probe());
+    }
+
+    #[test]
+    fn stragglers_admitted_before_the_breaker_opened_do_not_move_it() {
+        let b = breakers(1);
+        let (p, m) = names();
+        let t0 = Instant::now();
+        let stragglers: Vec<Ticket> = (0..5).map(|_| b.admit(&p, &m, t0).unwrap()).collect();
+        attempt(&b, FAIL, t0);
+        assert!(is_open(&b, t0));
+        for ticket in stragglers {
+            b.record(&p, &m, FAIL, ticket, t0 + Duration::from_secs(1));
+        }
+        // Still the first wait (30 s), not doubled five times toward the cap.
+        assert!(is_open(&b, t0 + Duration::from_secs(29)));
+        let probe = b.admit(&p, &m, t0 + Duration::from_secs(30));
+        assert!(probe.is_ok_and(|t| t.is_probe()));
+    }
+
+    #[test]
+    fn provider_breakers_let_one_probe_through_after_their_wait() {
+        let b = breakers(1);
+        let (p, m) = names();
+        let other: Arc<str> = Arc::from("gpt-4o-mini");
+        let t0 = Instant::now();
+        let ticket = b.admit(&p, &m, t0).unwrap();
+        b.record(&p, &m, Outcome::ConnectFailure, ticket, t0);
+        assert!(b.admit(&p, &other, t0).is_err(), "the provider is open");
+        let t1 = t0 + Duration::from_secs(30);
+        let probe = b.admit(&p, &other, t1).expect("the provider's probe");
+        assert!(probe.is_probe());
+        assert!(
+            b.admit(&p, &m, t1).is_err(),
+            "one probe per provider, whatever the model"
+        );
+        b.record(&p, &other, Outcome::ConnectFailure, probe, t1);
+        assert!(
+            b.admit(&p, &m, t1 + Duration::from_secs(59)).is_err(),
+            "the provider's wait doubled"
+        );
+        let probe = b.admit(&p, &m, t1 + Duration::from_secs(60)).unwrap();
+        b.record(
+            &p,
+            &m,
+            Outcome::Success,
+            probe,
+            t1 + Duration::from_secs(60),
+        );
+        assert!(
+            !b.admit(&p, &other, t1 + Duration::from_secs(60))
+                .unwrap()
+                .is_probe()
+        );
     }
 
     #[test]
     fn retry_after_is_a_floor() {
         let b = breakers(1);
-        let (p, m) = names();
         let t0 = Instant::now();
-        b.record(
-            &p,
-            &m,
+        attempt(
+            &b,
             Outcome::ModelFailure {
                 retry_after: Some(Duration::from_secs(90)),
             },
@@ -471,10 +642,10 @@ mod tests {
     #[test]
     fn provider_failures_block_its_models_and_health_success_resets_only_the_provider() {
         let b = breakers(1);
-        let (p, m) = names();
+        let (p, _) = names();
         let t0 = Instant::now();
-        b.record(&p, &m, FAIL, t0);
-        b.record(&p, &m, Outcome::ConnectFailure, t0);
+        attempt(&b, FAIL, t0);
+        b.health(&p, false, t0);
         let raw = sentinel_core::RawTierConfig {
             version: None,
             tiers: sentinel_core::RawTiers {

@@ -18,6 +18,7 @@ use super::future::ResponseFuture;
 use super::{Mode, Shared};
 use crate::body::{ResponseBody, RoutedBody};
 use crate::breaker::Backoff;
+use crate::breaker::state::{Ticket, TicketSlot};
 use crate::decision::{RoutingDecision, SelectionReason};
 use crate::error::{ErrorCode, SentinelError};
 use crate::metrics as m;
@@ -272,8 +273,8 @@ where
     shared.remember(&config);
 
     // The model.
-    let decision = match decide(&shared, &config, requested, session).await {
-        Ok(d) => RoutingDecision { stream, ..d },
+    let (decision, ticket) = match decide(&shared, &config, requested, session).await {
+        Ok((d, ticket)) => (RoutingDecision { stream, ..d }, ticket),
         Err(e) => return reject(e, grpc, Some(requested)),
     };
     ::metrics::counter!(m::SELECTIONS,
@@ -301,6 +302,7 @@ where
         None => body,
     };
     parts.extensions.insert(decision.clone());
+    parts.extensions.insert(TicketSlot::new(ticket));
     let req = Request::from_parts(parts, body);
 
     let mut response = match stack.oneshot(req).await {
@@ -373,16 +375,21 @@ fn no_model(tier: Tier, why: NoModel) -> SentinelError {
     }
 }
 
-/// Applies the session rule and the weighted choice.
+/// Applies the session rule and the weighted choice; the chosen model
+/// comes admitted, with its breaker ticket.
 async fn decide(
     shared: &Shared,
     config: &Arc<TierConfig>,
     requested: Tier,
     session: Option<Arc<str>>,
-) -> Result<RoutingDecision, SentinelError> {
+) -> Result<(RoutingDecision, Ticket), SentinelError> {
     let now = Instant::now();
     let selector = &shared.selector;
-    let candidate = selector.choose(config.tier(requested), |_| false, now);
+    let (candidate, candidate_ticket) =
+        match selector.choose(config.tier(requested), |_| false, now) {
+            Ok((m, ticket)) => (Ok(m), Some(ticket)),
+            Err(why) => (Err(why), None),
+        };
     let decision =
         |tier: Tier, m: &sentinel_core::ModelEntry, reason, session: Option<Arc<str>>| {
             RoutingDecision {
@@ -396,11 +403,25 @@ async fn decide(
                 stream: false,
             }
         };
+    // The candidate with its ticket.
+    fn admitted(
+        candidate: Result<&sentinel_core::ModelEntry, NoModel>,
+        ticket: Option<Ticket>,
+        tier: Tier,
+    ) -> Result<(&sentinel_core::ModelEntry, Ticket), SentinelError> {
+        match (candidate, ticket) {
+            (Ok(m), Some(ticket)) => Ok((m, ticket)),
+            (Err(why), _) => Err(no_model(tier, why)),
+            (Ok(_), None) => Err(no_model(tier, NoModel::Empty)),
+        }
+    }
 
     let (Some(id), Some(sessions)) = (session, &shared.sessions) else {
-        return candidate
-            .map(|m| decision(requested, m, SelectionReason::Weighted, None))
-            .map_err(|why| no_model(requested, why));
+        let (m, ticket) = admitted(candidate, candidate_ticket, requested)?;
+        return Ok((
+            decision(requested, m, SelectionReason::Weighted, None),
+            ticket,
+        ));
     };
 
     let candidate_pin = candidate
@@ -416,14 +437,16 @@ async fn decide(
         _ => {
             // The store is slow or down: serve without pinning.
             session_fallback();
-            return candidate
-                .map(|m| decision(requested, m, SelectionReason::Weighted, None))
-                .map_err(|why| no_model(requested, why));
+            let (m, ticket) = admitted(candidate, candidate_ticket, requested)?;
+            return Ok((
+                decision(requested, m, SelectionReason::Weighted, None),
+                ticket,
+            ));
         }
     };
 
     // This request pinned its candidate: a new session, or an upgrade.
-    if let (Some(pin), Some(current), Ok(m)) = (&candidate_pin, &outcome.current, candidate)
+    if let (Some(pin), Some(current)) = (&candidate_pin, &outcome.current)
         && pin == current
         && outcome.previous.as_ref() != Some(current)
     {
@@ -437,7 +460,8 @@ async fn decide(
             }
             None => SelectionReason::Weighted,
         };
-        return Ok(decision(requested, m, reason, Some(id)));
+        let (m, ticket) = admitted(candidate, candidate_ticket, requested)?;
+        return Ok((decision(requested, m, reason, Some(id)), ticket));
     }
 
     let Some(pin) = outcome.current else {
@@ -447,33 +471,40 @@ async fn decide(
             Ok(_) => no_model(requested, NoModel::Empty),
         });
     };
-    match SessionPlan::decide(Some(&pin), requested, config, |m| {
+    let plan = SessionPlan::decide(Some(&pin), requested, config, |m| {
         selector.available(m, now)
-    }) {
-        SessionPlan::Keep { tier } => {
-            let m = config
-                .tier(tier)
-                .find(&pin.provider, &pin.model)
-                .ok_or_else(|| no_model(tier, NoModel::Empty))?;
-            Ok(decision(tier, m, SelectionReason::Sticky, Some(id)))
-        }
-        SessionPlan::Pick { tier, reason } => {
-            // An upgrade here means the requested (higher) tier had nothing
-            // to give; otherwise the pinned model left or is backing off.
-            let models = config.tier(tier);
-            let m = match reason {
-                PickReason::Upgrade => candidate.map_err(|why| no_model(tier, why))?,
-                _ => selector
-                    .choose(models, |_| false, now)
-                    .map_err(|why| no_model(tier, why))?,
-            };
-            let new_pin = Pinned::new(tier, m.provider_arc().clone(), m.model_arc().clone());
-            let repinned =
-                tokio::time::timeout(sessions.wait, sessions.store.repin(&id, &new_pin)).await;
-            if !matches!(repinned, Ok(Ok(_))) {
-                session_fallback();
-            }
-            Ok(decision(tier, m, SelectionReason::Weighted, Some(id)))
+    });
+    if let SessionPlan::Keep { tier } = plan {
+        let m = config
+            .tier(tier)
+            .find(&pin.provider, &pin.model)
+            .ok_or_else(|| no_model(tier, NoModel::Empty))?;
+        // The pinned model is admitted unless it lost its probe slot to
+        // another request in the meantime; then it is backing off, as below.
+        if let Ok(ticket) = selector.admit(m, now) {
+            return Ok((decision(tier, m, SelectionReason::Sticky, Some(id)), ticket));
         }
     }
+    let (tier, upgrade) = match plan {
+        SessionPlan::Keep { tier } => (tier, false),
+        SessionPlan::Pick { tier, reason } => (tier, reason == PickReason::Upgrade),
+    };
+    // An upgrade here means the requested (higher) tier had nothing to
+    // give; otherwise the pinned model left or is backing off.
+    let (m, ticket) = if upgrade {
+        admitted(candidate, candidate_ticket, tier)?
+    } else {
+        selector
+            .choose(config.tier(tier), |_| false, now)
+            .map_err(|why| no_model(tier, why))?
+    };
+    let new_pin = Pinned::new(tier, m.provider_arc().clone(), m.model_arc().clone());
+    let repinned = tokio::time::timeout(sessions.wait, sessions.store.repin(&id, &new_pin)).await;
+    if !matches!(repinned, Ok(Ok(_))) {
+        session_fallback();
+    }
+    Ok((
+        decision(tier, m, SelectionReason::Weighted, Some(id)),
+        ticket,
+    ))
 }
