@@ -49,5 +49,5 @@ pub mod zion;
 pub mod hostile;
 
 pub use redis::{RedisServer, RespValue};
-pub use upstream::{MockUpstream, RecordedRequest, UpstreamFault};
+pub use upstream::{MockUpstream, RecordedRequest, RetryAfter, UpstreamFault};
 pub use zion::{MockZion, ZionFault};
