@@ -64,6 +64,7 @@ impl Env {
             .set("SENTINEL_BACKOFF_INITIAL_SECS", "1")
             .set("SENTINEL_BACKOFF_MAX_SECS", "2")
             .set("SENTINEL_FIRST_BYTE_TIMEOUT_MS", "300")
+            .set("SENTINEL_FIRST_TOKEN_TIMEOUT_MS", "300")
             .set("SENTINEL_STREAM_IDLE_TIMEOUT_MS", "300")
     }
 

@@ -495,6 +495,10 @@ async fn soak(
             options.first_byte_timeout_ms.to_string(),
         ),
         (
+            "SENTINEL_FIRST_TOKEN_TIMEOUT_MS",
+            options.first_byte_timeout_ms.to_string(),
+        ),
+        (
             "SENTINEL_STREAM_IDLE_TIMEOUT_MS",
             options.stream_idle_timeout_ms.to_string(),
         ),

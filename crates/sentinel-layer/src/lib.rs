@@ -59,7 +59,7 @@ pub mod tier_routing;
 mod upstream;
 
 pub use body::{ResponseBody, RoutedBody};
-pub use breaker::{Backoff, BackoffFuture};
+pub use breaker::{AttemptReport, Backoff, BackoffFuture};
 pub use decision::{RoutingDecision, SelectionReason};
 pub use error::{ErrorCode, SentinelError};
 pub use retry::NextModel;

@@ -209,6 +209,7 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
 
     let timeouts = Timeouts {
         first_byte: settings.first_byte_timeout,
+        first_token: settings.first_token_timeout,
         stream_idle: settings.stream_idle_timeout,
     };
     let upstream = Upstream::new(

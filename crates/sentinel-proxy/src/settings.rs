@@ -35,7 +35,11 @@ SETTINGS (environment variable / file key: meaning [default])
   SENTINEL_CONNECT_TIMEOUT_MS / upstream.connect_timeout_ms
                                                 upstream connect timeout [5000]
   SENTINEL_FIRST_BYTE_TIMEOUT_MS / upstream.first_byte_timeout_ms
-                                                upstream time to the response head [60000]
+                                                non-streaming: upstream time to the response head
+                                                (long generations take minutes) [600000]
+  SENTINEL_FIRST_TOKEN_TIMEOUT_MS / upstream.first_token_timeout_ms
+                                                streaming: upstream time to the first token; the head
+                                                is held until then, so a stall before it is retried [60000]
   SENTINEL_STREAM_IDLE_TIMEOUT_MS / upstream.stream_idle_timeout_ms
                                                 longest pause inside a response body [60000]
   SENTINEL_BODY_LIMIT_BYTES / body_limit_bytes  largest request body [33554432]
@@ -170,6 +174,7 @@ impl fmt::Debug for Settings {
             .field("demo", &self.demo)
             .field("connect_timeout", &self.connect_timeout)
             .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("first_token_timeout", &self.first_token_timeout)
             .field("stream_idle_timeout", &self.stream_idle_timeout)
             .field("body_limit", &self.body_limit)
             .field("drain_timeout", &self.drain_timeout)
@@ -245,8 +250,10 @@ pub struct Settings {
     pub demo: bool,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
-    /// Upstream time to the response head.
+    /// Non-streaming: upstream time to the response head.
     pub first_byte_timeout: Duration,
+    /// Streaming: upstream time to the first token.
+    pub first_token_timeout: Duration,
     /// Longest pause inside a response body.
     pub stream_idle_timeout: Duration,
     /// Largest request body.
@@ -323,6 +330,7 @@ struct File {
 struct FileUpstream {
     connect_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
+    first_token_timeout_ms: Option<u64>,
     stream_idle_timeout_ms: Option<u64>,
 }
 
@@ -571,6 +579,14 @@ impl Settings {
             "SENTINEL_FIRST_BYTE_TIMEOUT_MS",
             "upstream.first_byte_timeout_ms",
             file.upstream.first_byte_timeout_ms,
+            600_000,
+            1..=3_600_000,
+        )?);
+        let first_token_timeout = ms(number(
+            env,
+            "SENTINEL_FIRST_TOKEN_TIMEOUT_MS",
+            "upstream.first_token_timeout_ms",
+            file.upstream.first_token_timeout_ms,
             60_000,
             1..=3_600_000,
         )?);
@@ -779,6 +795,7 @@ impl Settings {
             demo: cli.demo,
             connect_timeout,
             first_byte_timeout,
+            first_token_timeout,
             stream_idle_timeout,
             body_limit,
             drain_timeout,

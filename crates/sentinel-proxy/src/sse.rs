@@ -275,7 +275,99 @@ pub(crate) fn error_event(api: Api, code: &str, message: &str, sequence: Option<
 
 /// Whether `needle` occurs in `haystack`.
 pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
+}
+
+/// What the first events of a stream say, read until the first token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// Nothing of the answer yet: comments, the role announcement
+    /// (`"delta":{"role":"assistant"}`), `response.created`.
+    Preamble,
+    /// The answer began: content, a tool call, a refusal, a finish reason,
+    /// usage, `[DONE]`, or any Responses API event past the preamble.
+    Token,
+    /// An error event, or an event that is not JSON.
+    Error,
+}
+
+/// The data payloads of whole events, in order.
+fn payloads(events: &[u8]) -> impl Iterator<Item = &[u8]> {
+    events
+        .split(|&b| b == b'\n' || b == b'\r')
+        .filter_map(|line| line.strip_prefix(b"data:"))
+        .map(<[u8]>::trim_ascii)
+}
+
+/// Reads whole events until one decides how the stream began.
+pub(crate) fn first_token(events: &[u8]) -> Start {
+    for payload in payloads(events) {
+        if payload == b"[DONE]" {
+            return Start::Token;
+        }
+        let Ok(event) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            return Start::Error;
+        };
+        if is_error(&event) {
+            return Start::Error;
+        }
+        if let Some(kind) = event.get("type").and_then(|t| t.as_str()) {
+            // The Responses API names its events.
+            if !matches!(
+                kind,
+                "response.created" | "response.in_progress" | "response.queued"
+            ) {
+                return Start::Token;
+            }
+            continue;
+        }
+        let Some(choices) = event.get("choices").and_then(|c| c.as_array()) else {
+            continue;
+        };
+        if choices.is_empty() && event.get("usage").is_some_and(|u| u.is_object()) {
+            return Start::Token;
+        }
+        let began = choices.iter().any(|choice| {
+            let delta = choice.get("delta");
+            let field = |name: &str| delta.and_then(|d| d.get(name));
+            let non_empty = |v: Option<&serde_json::Value>| match v {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::String(s)) => !s.is_empty(),
+                Some(_) => true,
+            };
+            non_empty(field("content"))
+                || non_empty(field("tool_calls"))
+                || non_empty(field("function_call"))
+                || non_empty(field("refusal"))
+                || non_empty(field("reasoning_content"))
+                || non_empty(field("reasoning"))
+                || non_empty(choice.get("finish_reason"))
+        });
+        if began {
+            return Start::Token;
+        }
+    }
+    Start::Preamble
+}
+
+/// Whether an event is a provider's error: a top-level `error` (chat
+/// completions), or `"type":"error"` / `"response.failed"` (Responses).
+fn is_error(event: &serde_json::Value) -> bool {
+    event
+        .get("error")
+        .is_some_and(|e| !e.is_null() && event.get("choices").is_none())
+        || matches!(
+            event.get("type").and_then(|t| t.as_str()),
+            Some("error" | "response.failed")
+        )
+}
+
+/// Whether whole events carry a provider's error event.
+pub(crate) fn carries_error(events: &[u8]) -> bool {
+    (contains(events, b"\"error\"") || contains(events, b"response.failed"))
+        && payloads(events).any(|p| {
+            serde_json::from_slice::<serde_json::Value>(p).is_ok_and(|event| is_error(&event))
+        })
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //! idle timeout or a broken upstream ends an SSE stream with an SSE error
 //! event (counted), never a silent clean end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -35,7 +35,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use metrics::Counter;
 use sentinel_core::{Pricing, Tier, TierConfigSource};
-use sentinel_layer::{ErrorCode, RoutedBody, RoutingDecision, SentinelError, UpstreamError};
+use sentinel_layer::{
+    AttemptReport, ErrorCode, RoutedBody, RoutingDecision, SentinelError, UpstreamError,
+};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tokio::time::{Instant, Sleep};
@@ -77,8 +79,11 @@ struct Target {
 /// Timeouts of upstream calls.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    /// From sending the request to the response head.
+    /// Non-streaming: from sending the request to the response head.
     pub first_byte: Duration,
+    /// Streaming: from sending the request to the first token (the head is
+    /// held until then).
+    pub first_token: Duration,
     /// The longest pause inside the response body.
     pub stream_idle: Duration,
 }
@@ -222,6 +227,7 @@ impl Upstream {
                 decision.provider
             )));
         };
+        let report = req.extensions().get::<AttemptReport>().cloned();
         let (parts, body) = req.into_parts();
         let path = parts.uri.path();
         let rest = path.strip_prefix("/v1").unwrap_or(path);
@@ -270,13 +276,19 @@ impl Upstream {
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
 
-        let sent =
-            tokio::time::timeout(self.0.timeouts.first_byte, self.0.client.request(request)).await;
-        let response = match sent {
+        // A stream's clock runs to its first token, an answer's to its head.
+        let (limit, what) = if decision.stream {
+            (self.0.timeouts.first_token, "first-token")
+        } else {
+            (self.0.timeouts.first_byte, "first-byte")
+        };
+        let deadline = Instant::now() + limit;
+        let response = match tokio::time::timeout_at(deadline, self.0.client.request(request)).await
+        {
             Err(_) => {
-                return Err(UpstreamError::timeout(
-                    "no response head within the first-byte timeout",
-                ));
+                return Err(UpstreamError::timeout(format!(
+                    "no response head within the {what} timeout"
+                )));
             }
             Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::connect(e)),
             Ok(Err(e)) => return Err(UpstreamError::other(e)),
@@ -301,7 +313,7 @@ impl Upstream {
             found: None,
             finished: false,
         });
-        let body = UpstreamBody {
+        let mut body = UpstreamBody {
             inner: body,
             idle: Box::pin(tokio::time::sleep(self.0.timeouts.stream_idle)),
             idle_timeout: self.0.timeouts.stream_idle,
@@ -309,7 +321,34 @@ impl Upstream {
             done: false,
             usage,
             framer: sse.then(|| sse::Framer::new(api, hide_usage)),
+            ready: VecDeque::new(),
+            report: Reported(report),
         };
+        if sse && parts.status.is_success() {
+            // The head waits for the first token: a stream that stalls,
+            // breaks or errs before it is a failure before the first byte,
+            // retried on the next model.
+            let first = tokio::time::timeout_at(
+                deadline,
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_first_token(cx)),
+            )
+            .await;
+            match first {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => {
+                    body.abandon();
+                    return Err(UpstreamError::other(reason));
+                }
+                Err(_) => {
+                    body.abandon();
+                    return Err(UpstreamError::timeout(
+                        "no first token within the first-token timeout",
+                    ));
+                }
+            }
+            // The stream's idle clock starts at its first token.
+            body.last_data = Instant::now();
+        }
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 
@@ -538,6 +577,11 @@ pin_project_lite::pin_project! {
         // SSE: passes whole events only (and leaves out the usage-only
         // chunk when Sentinel asked for it).
         framer: Option<sse::Framer>,
+        // Whole events read before the head went out (up to the first
+        // token), sent first.
+        ready: VecDeque<Bytes>,
+        // How the attempt ended, for its model's breaker.
+        report: Reported,
     }
 }
 
@@ -612,6 +656,95 @@ fn merge_include_usage(body: Bytes) -> (Bytes, bool) {
     }
 }
 
+/// The attempt's [`AttemptReport`], held by the body: a clean end is a
+/// success, a broken or stalled one a failure, and a body dropped before
+/// its end (the client went away) is neither.
+struct Reported(Option<AttemptReport>);
+
+impl Reported {
+    /// The body ended cleanly: the report goes, and with it a success
+    /// (unless an error event was reported on the way).
+    fn ended(&mut self) {
+        self.0 = None;
+    }
+
+    /// The model failed.
+    fn failed(&mut self) {
+        if let Some(report) = self.0.take() {
+            report.failed();
+        }
+    }
+}
+
+impl Drop for Reported {
+    fn drop(&mut self) {
+        if let Some(report) = self.0.take() {
+            report.cancelled();
+        }
+    }
+}
+
+impl UpstreamBody {
+    /// Reads an SSE stream up to its first token (see
+    /// [`sse::first_token`]), keeping what it read for the client.
+    /// `Err` when the stream ends, breaks or sends an error event first.
+    fn poll_first_token(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), &'static str>> {
+        let mut this = self.project();
+        loop {
+            let frame = match http_body::Body::poll_frame(this.inner.as_mut(), cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err("the stream ended before its first token"));
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    return Poll::Ready(Err("the stream broke before its first token"));
+                }
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if let Some(usage) = this.usage.as_mut() {
+                usage.feed(&data);
+            }
+            let Some(framer) = this.framer.as_mut() else {
+                this.ready.push_back(data);
+                return Poll::Ready(Ok(()));
+            };
+            match framer.push(data) {
+                Ok(Some(out)) => {
+                    let start = sse::first_token(&out);
+                    this.ready.push_back(out);
+                    match start {
+                        sse::Start::Token => return Poll::Ready(Ok(())),
+                        sse::Start::Error => {
+                            return Poll::Ready(Err(
+                                "the stream sent an error before its first token",
+                            ));
+                        }
+                        sse::Start::Preamble => {}
+                    }
+                }
+                Ok(None) => {}
+                Err(sse::EventTooLarge) => {
+                    return Poll::Ready(Err("the stream sent an event larger than Sentinel holds"));
+                }
+            }
+        }
+    }
+
+    /// Gives up on the body before the client saw it: no usage is recorded.
+    fn abandon(&mut self) {
+        self.done = true;
+        if let Some(mut usage) = self.usage.take() {
+            usage.abandon();
+        }
+    }
+}
+
 impl http_body::Body for UpstreamBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -621,6 +754,9 @@ impl http_body::Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
+        if let Some(out) = this.ready.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(out))));
+        }
         if *this.done {
             return Poll::Ready(None);
         }
@@ -639,13 +775,20 @@ impl http_body::Body for UpstreamBody {
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     };
                     match framer.push(data) {
-                        Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Ok(Some(out)) => {
+                            if sse::carries_error(&out) {
+                                // The provider said it failed, in band.
+                                this.report.failed();
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
                         Ok(None) => continue,
                         Err(sse::EventTooLarge) => break 'read "event_too_large",
                     }
                 }
                 Poll::Ready(None) => {
                     *this.done = true;
+                    this.report.ended();
                     if let Some(mut usage) = this.usage.take() {
                         usage.finish();
                     }
@@ -677,6 +820,7 @@ impl http_body::Body for UpstreamBody {
         }
         ::metrics::counter!(m::STREAM_ERRORS, "reason" => failure).increment(1);
         tracing::warn!(reason = failure, "upstream response body ended abnormally");
+        this.report.failed();
         match this.framer.as_mut() {
             Some(framer) => {
                 let (code, message) = match failure {
@@ -701,7 +845,7 @@ impl http_body::Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.ready.is_empty()
     }
 }
 

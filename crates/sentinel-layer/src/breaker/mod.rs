@@ -12,7 +12,9 @@
 //!
 //! An inner service reports a failure before the response head as an
 //! [`UpstreamError`](crate::UpstreamError), so that a connection failure
-//! counts against the provider and a timeout against the model.
+//! counts against the provider and a timeout against the model; a failure
+//! after the head (a broken or stalled stream, an error event) through the
+//! [`AttemptReport`] in the request's extensions.
 //!
 //! # Example
 //!
@@ -33,8 +35,10 @@
 //! # }
 //! ```
 
+mod report;
 pub(crate) mod service;
 pub(crate) mod shared;
 pub(crate) mod state;
 
+pub use report::AttemptReport;
 pub use service::{Backoff, BackoffFuture};

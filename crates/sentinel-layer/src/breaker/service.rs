@@ -12,6 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use super::report::AttemptReport;
 use super::state::{Breakers, Outcome, Ticket, TicketSlot};
 use crate::body::{ResponseBody, RoutedBody};
 use crate::decision::RoutingDecision;
@@ -98,7 +99,7 @@ where
             .map_err(|e| UpstreamError::classify(e.into()))
     }
 
-    fn call(&mut self, req: Request<RoutedBody<B>>) -> Self::Future {
+    fn call(&mut self, mut req: Request<RoutedBody<B>>) -> Self::Future {
         let Some(decision) = req.extensions().get::<RoutingDecision>().cloned() else {
             return BackoffFuture::called(self.inner.call(req), None);
         };
@@ -118,10 +119,13 @@ where
                 Err(until) => return BackoffFuture::refused(UpstreamError::backing_off(until)),
             },
         };
+        let report = AttemptReport::default();
+        req.extensions_mut().insert(report.clone());
         let record = Record {
             decision,
             ticket,
             breakers: self.breakers.clone(),
+            report,
         };
         BackoffFuture::called(self.inner.call(req), Some(record))
     }
@@ -132,17 +136,28 @@ struct Record {
     decision: RoutingDecision,
     ticket: Ticket,
     breakers: Arc<Breakers>,
+    report: AttemptReport,
 }
 
 impl Record {
     fn finish(self, outcome: Outcome) {
-        let now = Instant::now();
+        if outcome == Outcome::Success {
+            // A head is not a whole answer: the outcome waits for the
+            // attempt's report (a success when its last clone goes).
+            self.report.arm(
+                self.breakers,
+                self.decision.provider,
+                self.decision.model,
+                self.ticket,
+            );
+            return;
+        }
         self.breakers.record(
             &self.decision.provider,
             &self.decision.model,
             outcome,
             self.ticket,
-            now,
+            Instant::now(),
         );
     }
 }

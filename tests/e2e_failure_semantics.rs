@@ -1,0 +1,255 @@
+//! Failures a provider commits after it said `200`, over real sockets: a
+//! stream that stalls, breaks or errs before its first token is retried
+//! on the next model; one that fails after its first token counts against
+//! the model; a client that goes away does not; a 429 on the last attempt
+//! is the client's 429 with the provider's `Retry-After`.
+//!
+//! The tiers here have a cheap model `a` (relative cost 1) and a dear one
+//! `b` (cost 10): `a` is the first choice about 10 times in 11, so a test
+//! that needs `a` tried sends a few requests (the chance that none starts
+//! on `a` is below one in a million). Each test names its models after
+//! itself: the metrics recorder is the process's, shared by the tests that
+//! run at the same time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+mod support;
+
+use std::time::Duration;
+
+use sentinel_testkit::{MockUpstream, MockZion, RetryAfter, UpstreamFault};
+use serde_json::{Value, json};
+use support::{Env, Proxy, Reply, chat_body, eventually, metric};
+
+/// The models `a` and `b` of a test.
+fn models(test: &str) -> (String, String) {
+    (format!("a-{test}"), format!("b-{test}"))
+}
+
+/// Every tier: `a` (cost 1) and `b` (cost 10), or `a` alone.
+fn config(test: &str, with_b: bool) -> Value {
+    let (a, b) = models(test);
+    let mut models = vec![json!({ "provider": "openai", "model": a, "relative_cost": 1 })];
+    if with_b {
+        models.push(json!({ "provider": "openai", "model": b, "relative_cost": 10 }));
+    }
+    let tier = json!({ "models": models });
+    json!({ "version": "semantics", "tiers": { "simple": tier, "moderate": tier, "complex": tier } })
+}
+
+/// A proxy over `upstream` with the tiers of [`config`], timeouts of
+/// 300 ms, and breakers that open at `threshold` failures for 30 s.
+async fn proxy(upstream: &MockUpstream, zion: &MockZion, threshold: u32) -> Proxy {
+    Proxy::start(
+        &Env::new(upstream)
+            .zion(zion)
+            .set("SENTINEL_FAILURE_THRESHOLD", &threshold.to_string())
+            .set("SENTINEL_FIRST_BYTE_TIMEOUT_MS", "300")
+            .set("SENTINEL_FIRST_TOKEN_TIMEOUT_MS", "300")
+            .set("SENTINEL_STREAM_IDLE_TIMEOUT_MS", "300"),
+    )
+    .await
+}
+
+async fn stream(proxy: &Proxy) -> Reply {
+    let mut body = chat_body(Some("simple"));
+    body["stream"] = json!(true);
+    Reply::read(
+        proxy
+            .post_json("/v1/chat/completions", &body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Whether an SSE answer is complete: content, then `[DONE]`, no error.
+fn complete(reply: &Reply) -> bool {
+    let text = reply.text();
+    text.contains("\"content\"")
+        && text.ends_with("data: [DONE]\n\n")
+        && !text.contains("\"error\"")
+}
+
+fn opened(metrics: &str, model: &str) -> f64 {
+    metric(
+        metrics,
+        "sentinel_breaker_transitions_total",
+        &[("name", &format!("openai/{model}")), ("to", "open")],
+    )
+    .unwrap_or(0.0)
+}
+
+async fn a_fault_before_the_first_token_is_retried(test: &str, fault: UpstreamFault) {
+    let (a, b) = models(test);
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    zion.set_config(config(test, true));
+    upstream.set_fault(&a, fault);
+    let proxy = proxy(&upstream, &zion, 100).await;
+    for _ in 0..6 {
+        let reply = stream(&proxy).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(
+            reply.model(),
+            Some(b.as_str()),
+            "the head named the model that answered"
+        );
+        assert!(complete(&reply), "{}", reply.text());
+    }
+    assert!(upstream.calls_for(&a) >= 1, "a was tried");
+    assert_eq!(upstream.calls_for(&b), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stalls_before_its_first_token_is_retried_on_the_next_model() {
+    a_fault_before_the_first_token_is_retried(
+        "stall-first",
+        UpstreamFault::FirstTokenDelay(Duration::from_secs(5)),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_breaks_before_its_first_token_is_retried_on_the_next_model() {
+    a_fault_before_the_first_token_is_retried("break-first", UpstreamFault::BreakStreamAfter(0))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_errs_before_its_first_token_is_retried_on_the_next_model() {
+    a_fault_before_the_first_token_is_retried("err-first", UpstreamFault::ErrorEvent(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_ends_before_its_first_token_is_retried_on_the_next_model() {
+    a_fault_before_the_first_token_is_retried("end-first", UpstreamFault::NoDone(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_other_model_a_first_token_timeout_is_504() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    zion.set_config(config("alone-504", false));
+    let (a, _) = models("alone-504");
+    upstream.set_fault(&a, UpstreamFault::FirstTokenDelay(Duration::from_secs(5)));
+    let proxy = proxy(&upstream, &zion, 100).await;
+    let reply = stream(&proxy).await;
+    reply.assert_error(504, "upstream_timeout");
+}
+
+/// Failures after the first token reach the client as the SSE error event
+/// and count against the model: after `threshold` of them it is kept out.
+async fn failures_after_the_first_token_count(test: &str, fault: UpstreamFault) {
+    let (a, _) = models(test);
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    zion.set_config(config(test, true));
+    upstream.set_fault(&a, fault);
+    let proxy = proxy(&upstream, &zion, 2).await;
+    let mut broken = 0;
+    for _ in 0..20 {
+        let reply = stream(&proxy).await;
+        assert_eq!(reply.status, 200);
+        if reply.model() == Some(a.as_str()) {
+            assert!(
+                !complete(&reply),
+                "never a broken answer presented as complete"
+            );
+            assert!(reply.text().contains("\"error\""), "{}", reply.text());
+            broken += 1;
+        } else {
+            assert!(complete(&reply), "{}", reply.text());
+        }
+    }
+    // Two failures open `a` for 30 s: every later stream goes to `b`.
+    assert_eq!(broken, 2, "a kept getting streams after it failed twice");
+    assert_eq!(upstream.calls_for(&a), 2);
+    assert_eq!(opened(&proxy.metrics().await, &a), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_after_its_first_token_counts_against_the_model() {
+    failures_after_the_first_token_count("cut-after", UpstreamFault::BreakStreamAfter(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stalls_after_its_first_token_counts_against_the_model() {
+    failures_after_the_first_token_count("stall-after", UpstreamFault::StallAfter(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_event_after_the_first_token_counts_against_the_model() {
+    failures_after_the_first_token_count("err-after", UpstreamFault::ErrorEvent(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_is_not_counted_and_its_upstream_call_is_cancelled() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    zion.set_config(config("hang-up", false));
+    let (a, _) = models("hang-up");
+    upstream.set_stream_chunks(50);
+    upstream.set_chunk_delay(Duration::from_millis(100));
+    let proxy = proxy(&upstream, &zion, 1).await;
+    for _ in 0..3 {
+        let mut body = chat_body(Some("simple"));
+        body["stream"] = json!(true);
+        let mut response = proxy
+            .post_json("/v1/chat/completions", &body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        // The first chunk, then the client hangs up.
+        assert!(response.chunk().await.unwrap().is_some());
+        drop(response);
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                upstream.open_streams() == 0
+            })
+            .await,
+            "the upstream stream was not cancelled"
+        );
+    }
+    // Threshold 1, three hang-ups: the model was never opened.
+    assert_eq!(opened(&proxy.metrics().await, &a), 0.0);
+    let reply = stream(&proxy).await;
+    assert!(complete(&reply));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_on_the_last_attempt_is_429_with_the_providers_retry_after() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    zion.set_config(config("rate", false));
+    let (a, _) = models("rate");
+    let proxy = proxy(&upstream, &zion, 100).await;
+
+    upstream.set_fault_times(
+        &a,
+        UpstreamFault::rate_limited(Some(RetryAfter::Seconds(9))),
+        1,
+    );
+    let reply = proxy.chat(&chat_body(Some("simple"))).await;
+    reply.assert_error(429, "rate_limited");
+    assert_eq!(reply.retry_after(), 9);
+
+    // An HTTP-date is passed on in seconds.
+    upstream.set_fault_times(
+        &a,
+        UpstreamFault::rate_limited(Some(RetryAfter::after(Duration::from_secs(120)))),
+        1,
+    );
+    let reply = proxy.chat(&chat_body(Some("simple"))).await;
+    reply.assert_error(429, "rate_limited");
+    let wait = reply.retry_after();
+    assert!((100..=121).contains(&wait), "{wait}");
+
+    // Without one, none.
+    upstream.set_fault_times(&a, UpstreamFault::rate_limited(None), 1);
+    let reply = proxy.chat(&chat_body(Some("simple"))).await;
+    reply.assert_error(429, "rate_limited");
+    assert_eq!(reply.header("retry-after"), None);
+}
