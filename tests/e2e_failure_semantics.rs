@@ -253,3 +253,61 @@ async fn a_429_on_the_last_attempt_is_429_with_the_providers_retry_after() {
     reply.assert_error(429, "rate_limited");
     assert_eq!(reply.header("retry-after"), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_length_failure_is_tried_once_more_on_the_largest_window() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    // Two small models the prompt does not fit (cheap, so chosen first most
+    // of the time) and a large, dear one.
+    let models = json!([
+        { "provider": "openai", "model": "small-ctx", "relative_cost": 1, "context_window": 8000 },
+        { "provider": "openai", "model": "mid-ctx", "relative_cost": 1, "context_window": 32000 },
+        { "provider": "openai", "model": "large-ctx", "relative_cost": 10, "context_window": 200000 }
+    ]);
+    let tier = json!({ "models": models });
+    zion.set_config(
+        json!({ "version": "ctx", "tiers": { "simple": tier, "moderate": tier, "complex": tier } }),
+    );
+    upstream.set_fault("small-ctx", UpstreamFault::context_length_exceeded());
+    upstream.set_fault("mid-ctx", UpstreamFault::context_length_exceeded());
+    let proxy = proxy(&upstream, &zion, 1).await;
+    for _ in 0..8 {
+        let reply = proxy.chat(&chat_body(Some("simple"))).await;
+        // The weighted next model would often be the other small one, which
+        // fails too: only the largest window answers every time.
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.model(), Some("large-ctx"));
+    }
+    assert_eq!(upstream.calls_for("large-ctx"), 8);
+    assert!(upstream.calls_for("small-ctx") + upstream.calls_for("mid-ctx") >= 1);
+    // Not the models' fault: threshold 1, and neither opened.
+    let metrics = proxy.metrics().await;
+    assert_eq!(opened(&metrics, "small-ctx"), 0.0);
+    assert_eq!(opened(&metrics, "mid-ctx"), 0.0);
+
+    // With no larger model left to try, the provider's own 400 stands.
+    upstream.set_fault("large-ctx", UpstreamFault::context_length_exceeded());
+    let reply = proxy.chat(&chat_body(Some("simple"))).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json["error"]["code"], "context_length_exceeded");
+    assert_eq!(
+        reply.json["error"]["message"],
+        MockUpstream::CONTEXT_LENGTH_MESSAGE
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_filter_refusal_passes_through_without_a_retry() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    zion.set_config(config("filter", true));
+    let (a, b) = models("filter");
+    upstream.set_fault(&a, UpstreamFault::content_filter());
+    upstream.set_fault(&b, UpstreamFault::content_filter());
+    let proxy = proxy(&upstream, &zion, 1).await;
+    let reply = proxy.chat(&chat_body(Some("simple"))).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json["error"]["code"], "content_filter");
+    assert_eq!(upstream.total_calls(), 1, "no retry");
+}

@@ -17,6 +17,7 @@ fn tier_config(n: usize) -> TierConfig {
             model: format!("model-{i}"),
             relative_cost: (i % 10 + 1) as i64,
             pricing: None,
+            context_window: None,
         })
         .collect();
     let raw = RawTierConfig {

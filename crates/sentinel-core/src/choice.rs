@@ -145,6 +145,7 @@ mod tests {
                 model: format!("m{i}"),
                 relative_cost: c,
                 pricing: None,
+                context_window: None,
             })
             .collect();
         let raw = RawTierConfig {

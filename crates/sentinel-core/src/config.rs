@@ -119,6 +119,80 @@ pub struct RawModel {
     /// Token prices for cost reporting. Optional: without them no cost is reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<RawPricing>,
+    /// The model's context window in tokens. Optional: a context-length
+    /// failure is retried on the model of the tier with the largest one.
+    /// Anything but a whole number of at least 1 is read as absent (a hint,
+    /// not a rule: it never fails the config).
+    #[serde(
+        default,
+        deserialize_with = "lenient_window",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub context_window: Option<u64>,
+}
+
+/// A context window: a whole number of at least 1 (`128000.0` too), else
+/// `None`, whatever the JSON value.
+fn lenient_window<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    struct Window;
+
+    impl<'de> Visitor<'de> for Window {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a context window in tokens")
+        }
+
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok((v >= 1).then_some(v))
+        }
+
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(u64::try_from(v).ok().filter(|v| *v >= 1))
+        }
+
+        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+            let whole = v.is_finite() && v.fract() == 0.0 && (1.0..=9.0e15).contains(&v);
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Ok(whole.then_some(v as u64))
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Window)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+
+    deserializer.deserialize_any(Window)
 }
 
 /// Reads an integer, accepting a float with no fraction (some encoders
@@ -196,6 +270,7 @@ pub struct ModelEntry {
     model: Arc<str>,
     relative_cost: u8,
     pricing: Option<Pricing>,
+    context_window: Option<u64>,
 }
 
 impl ModelEntry {
@@ -227,6 +302,11 @@ impl ModelEntry {
     /// Token prices, when the config gave them.
     pub fn pricing(&self) -> Option<Pricing> {
         self.pricing
+    }
+
+    /// The context window in tokens, when the config gave it.
+    pub fn context_window(&self) -> Option<u64> {
+        self.context_window
     }
 
     /// Whether this entry is `model` served by `provider`.
@@ -349,6 +429,7 @@ impl TierConfig {
                             input_per_mtok_usd: p.input_per_mtok_usd,
                             output_per_mtok_usd: p.output_per_mtok_usd,
                         }),
+                        context_window: m.context_window,
                     })
                     .collect(),
             });
@@ -416,6 +497,7 @@ fn validate_model(tier: Tier, index: usize, m: &RawModel) -> Result<ModelEntry, 
         model: m.model.as_str().into(),
         relative_cost,
         pricing,
+        context_window: m.context_window.filter(|w| *w >= 1),
     })
 }
 
@@ -495,6 +577,45 @@ mod tests {
                 input_per_mtok_usd: 0.15,
                 output_per_mtok_usd: 0.6,
             }),
+            context_window: None,
+        }
+    }
+
+    #[test]
+    fn a_context_window_is_a_whole_number_or_nothing() {
+        let read = |window: &str| {
+            let doc = format!(
+                r#"{{"tiers":{{"simple":{{"models":[{{"provider":"p","model":"m","relative_cost":1,"context_window":{window}}}]}}}}}}"#
+            );
+            let raw: RawTierConfig = serde_json::from_str(&doc).expect("a document");
+            let config = TierConfig::validate(raw).expect("valid");
+            config.tier(Tier::Simple).models()[0].context_window()
+        };
+        assert_eq!(read("128000"), Some(128_000));
+        assert_eq!(read("200000.0"), Some(200_000));
+        for ignored in [
+            "0",
+            "-5",
+            "1.5",
+            "1e300",
+            "\"128000\"",
+            "null",
+            "true",
+            "[1e400]",
+            "{\"n\":1}",
+        ] {
+            assert_eq!(read(ignored), None, "{ignored}");
+        }
+        // A string that is not Unicode, or a number no float holds, is not
+        // JSON Sentinel reads: the document is refused.
+        for unreadable in ["\"\\ud800\"", "1e400"] {
+            let doc = format!(
+                r#"{{"tiers":{{"simple":{{"models":[{{"provider":"p","model":"m","relative_cost":1,"context_window":{unreadable}}}]}}}}}}"#
+            );
+            assert!(
+                serde_json::from_str::<RawTierConfig>(&doc).is_err(),
+                "{unreadable}"
+            );
         }
     }
 

@@ -28,6 +28,7 @@ fn config_with(costs: &[Vec<i64>; 3]) -> TierConfig {
                 model: format!("t{t}-m{i}"),
                 relative_cost: c,
                 pricing: None,
+                context_window: None,
             })
             .collect(),
     };

@@ -13,6 +13,7 @@ fn config(costs: &[i64]) -> TierConfig {
             model: format!("m{i}"),
             relative_cost: c,
             pricing: None,
+            context_window: None,
         })
         .collect();
     TierConfig::validate(RawTierConfig {

@@ -62,7 +62,7 @@ pub use body::{ResponseBody, RoutedBody};
 pub use breaker::{AttemptReport, Backoff, BackoffFuture};
 pub use decision::{RoutingDecision, SelectionReason};
 pub use error::{ErrorCode, SentinelError};
-pub use retry::NextModel;
+pub use retry::{ContextLengthExceeded, NextModel};
 pub use session::{MemorySessionStore, RedisSessionStore, SessionStore};
 pub use tier_routing::service::{MODEL_HEADER, TIER_HEADER};
 pub use tier_routing::{

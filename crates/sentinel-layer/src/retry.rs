@@ -52,6 +52,15 @@ use crate::upstream::{UpstreamError, UpstreamErrorKind};
 /// Attempts per request: the first and one retry.
 const MAX_ATTEMPTS: u32 = 2;
 
+/// A response extension an inner service sets on a `400` whose error code
+/// is `context_length_exceeded`: the prompt does not fit the model. The
+/// retry stage then tries once more on the model of the tier with the
+/// largest context window (or the next model when the tier config gives
+/// none); it does not count against the model's breaker. The proxy sets it
+/// from the provider's error body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContextLengthExceeded;
+
 /// What the retry stage needs of a routed request (a request extension).
 #[derive(Clone)]
 pub(crate) struct RouteContext {
@@ -84,6 +93,9 @@ impl NextModel {
 }
 
 enum Failure {
+    /// The prompt does not fit the model: try a larger one, else pass the
+    /// provider's answer on.
+    ContextLength,
     Timeout,
     BackingOff(Option<Instant>),
     /// A 429, with the provider's `Retry-After`.
@@ -102,6 +114,15 @@ impl<B, ResBody> Policy<Request<RoutedBody<B>>, Response<ResponseBody<ResBody>>,
         result: &mut Result<Response<ResponseBody<ResBody>>, UpstreamError>,
     ) -> Option<Self::Future> {
         let failure = match result {
+            Ok(response)
+                if response.status() == http::StatusCode::BAD_REQUEST
+                    && response
+                        .extensions()
+                        .get::<ContextLengthExceeded>()
+                        .is_some() =>
+            {
+                Failure::ContextLength
+            }
             Ok(response) if !is_retryable_status(response.status()) => return None,
             Ok(response) if response.status() == http::StatusCode::TOO_MANY_REQUESTS => {
                 Failure::RateLimited(retry_after(response.headers()))
@@ -120,7 +141,11 @@ impl<B, ResBody> Policy<Request<RoutedBody<B>>, Response<ResponseBody<ResBody>>,
             let now = Instant::now();
             let models = context.config.tier(decision.tier);
             let tried = |m: &sentinel_core::ModelEntry| m.is(&decision.provider, &decision.model);
-            if let Ok((next, ticket)) = self.selector.choose(models, tried, now) {
+            let next = match failure {
+                Failure::ContextLength => self.selector.choose_largest_window(models, tried, now),
+                _ => self.selector.choose(models, tried, now),
+            };
+            if let Ok((next, ticket)) = next {
                 self.attempts += 1;
                 req.extensions_mut().insert(TicketSlot::new(ticket));
                 let body = context.template.render(next.model());
@@ -148,6 +173,8 @@ impl<B, ResBody> Policy<Request<RoutedBody<B>>, Response<ResponseBody<ResBody>>,
         }
 
         let error = match failure {
+            // No other model to try: the provider's own answer stands.
+            Failure::ContextLength => return None,
             Failure::Timeout => SentinelError::new(
                 ErrorCode::UpstreamTimeout,
                 format!("the upstream model `{}` timed out", decision.model),

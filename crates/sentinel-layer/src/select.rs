@@ -70,6 +70,30 @@ impl Selector {
             })
     }
 
+    /// The model with the largest context window among those `exclude`
+    /// keeps and whose breakers let it through, admitted; when none of
+    /// them has a window in the config, the weighted choice.
+    pub(crate) fn choose_largest_window<'c>(
+        &self,
+        models: &'c TierModels,
+        exclude: impl Fn(&ModelEntry) -> bool,
+        now: Instant,
+    ) -> Result<(&'c ModelEntry, Ticket), NoModel> {
+        let mut candidates: Vec<&ModelEntry> = models
+            .models()
+            .iter()
+            .filter(|m| m.context_window().is_some() && !exclude(m) && self.available(m, now))
+            .collect();
+        // Largest first; the cheaper model on a tie.
+        candidates.sort_by_key(|m| (std::cmp::Reverse(m.context_window()), m.relative_cost()));
+        for m in candidates {
+            if let Ok(ticket) = self.admit(m, now) {
+                return Ok((m, ticket));
+            }
+        }
+        self.choose(models, exclude, now)
+    }
+
     /// Admits an attempt on `m` now, or says until when it is refused.
     pub(crate) fn admit(&self, m: &ModelEntry, now: Instant) -> Result<Ticket, Instant> {
         self.breakers.admit(m.provider_arc(), m.model_arc(), now)

@@ -27,7 +27,7 @@ use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Request, Response, Uri, header};
 use http_body::Frame;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -36,7 +36,8 @@ use hyper_util::rt::TokioExecutor;
 use metrics::Counter;
 use sentinel_core::{Pricing, Tier, TierConfigSource};
 use sentinel_layer::{
-    AttemptReport, ErrorCode, RoutedBody, RoutingDecision, SentinelError, UpstreamError,
+    AttemptReport, ContextLengthExceeded, ErrorCode, RoutedBody, RoutingDecision, SentinelError,
+    UpstreamError,
 };
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -299,6 +300,22 @@ impl Upstream {
         for name in &DROPPED_RESPONSE_HEADERS {
             parts.headers.remove(name);
         }
+        if let Some(length) = small_client_error(&parts) {
+            // Read it whole: a context-length failure is tried once more on
+            // a model with a larger window.
+            let read =
+                tokio::time::timeout_at(deadline, Limited::new(body, length).collect()).await;
+            let Ok(Ok(collected)) = read else {
+                return Err(UpstreamError::other(
+                    "the provider's 400 answer broke before it was complete",
+                ));
+            };
+            let bytes = collected.to_bytes();
+            if is_context_length_exceeded(&bytes) {
+                parts.extensions.insert(ContextLengthExceeded);
+            }
+            return Ok(Response::from_parts(parts, Body::from(bytes)));
+        }
         let sse = parts
             .headers
             .get(header::CONTENT_TYPE)
@@ -359,6 +376,42 @@ impl Upstream {
             .find(&decision.provider, &decision.model)
             .and_then(|m| m.pricing())
     }
+}
+
+/// The largest `400` body read whole to look for a context-length failure.
+const CLIENT_ERROR_BODY_CAP: usize = 64 << 10;
+
+/// The declared length of a `400` answer small enough to read whole.
+fn small_client_error(parts: &http::response::Parts) -> Option<usize> {
+    if parts.status != http::StatusCode::BAD_REQUEST {
+        return None;
+    }
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n <= CLIENT_ERROR_BODY_CAP)
+}
+
+/// Whether an OpenAI error body says the prompt does not fit the model
+/// (`"code": "context_length_exceeded"`).
+fn is_context_length_exceeded(body: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: Option<Detail>,
+    }
+    #[derive(Deserialize)]
+    struct Detail {
+        code: Option<String>,
+    }
+    serde_json::from_slice::<Envelope>(body).is_ok_and(|e| {
+        e.error
+            .and_then(|d| d.code)
+            .is_some_and(|c| c == "context_length_exceeded")
+    })
 }
 
 /// The usage counters of one (tier, provider, model), registered once.

@@ -655,6 +655,7 @@ mod tests {
                         model: "other".into(),
                         relative_cost: 1,
                         pricing: None,
+                        context_window: None,
                     }],
                 }),
                 ..Default::default()
