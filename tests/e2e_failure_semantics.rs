@@ -311,3 +311,84 @@ async fn a_content_filter_refusal_passes_through_without_a_retry() {
     assert_eq!(reply.json["error"]["code"], "content_filter");
     assert_eq!(upstream.total_calls(), 1, "no retry");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_recovers_takes_traffic_again_within_a_probe_interval() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    zion.set_config(config("recover", false));
+    let (a, _) = models("recover");
+    let proxy = Proxy::start(
+        &Env::new(&upstream)
+            .zion(&zion)
+            .set("SENTINEL_FAILURE_THRESHOLD", "1")
+            .set("SENTINEL_MODEL_PROBE_INTERVAL_SECS", "1"),
+    )
+    .await;
+
+    // Down: the first request opens the breaker for the default 30 s.
+    upstream.down(&a);
+    proxy
+        .chat(&chat_body(Some("simple")))
+        .await
+        .assert_error(502, "upstream_failed");
+    let opened_at = std::time::Instant::now();
+    // Steady traffic while it is down: refused without calling it; the
+    // background probes alone reach it, about once a second.
+    for _ in 0..10 {
+        proxy
+            .chat(&chat_body(Some("simple")))
+            .await
+            .assert_error(503, "all_models_backing_off");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let probes: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.model.as_deref() == Some(a.as_str()))
+        .skip(1)
+        .collect();
+    assert!(!probes.is_empty(), "the open model was probed");
+    assert!(
+        probes.len() <= 4,
+        "no hammering: {} probes in 3 s",
+        probes.len()
+    );
+    for probe in &probes {
+        assert_eq!(probe.body["max_tokens"], 1, "a minimal request");
+        assert_eq!(probe.body["messages"].as_array().map(Vec::len), Some(1));
+    }
+    for pair in probes.windows(2) {
+        assert!(pair[1].at - pair[0].at >= Duration::from_millis(900));
+    }
+
+    // Back up: traffic returns within about one probe interval, long
+    // before the 30 s backoff would have ended.
+    upstream.up(&a);
+    let back = eventually(Duration::from_secs(10), || async {
+        proxy.chat(&chat_body(Some("simple"))).await.status == 200
+    })
+    .await;
+    assert!(back, "the recovered model took no traffic");
+    assert!(opened_at.elapsed() < Duration::from_secs(20));
+    let metrics = proxy.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "sentinel_model_probes_total",
+            &[("model", a.as_str()), ("result", "up")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "sentinel_probe_tokens_total",
+            &[("model", a.as_str())]
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "probe tokens are counted apart"
+    );
+}

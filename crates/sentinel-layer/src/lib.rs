@@ -15,6 +15,7 @@
 //! | [`breaker`] | the circuit-breaking backoff stage |
 //! | [`session`] | session stores: memory (bounded) and Redis |
 //! | [`health`] | active health checks of providers |
+//! | [`recovery`] | background probes of open models (early recovery) |
 //! | [`error`] | Sentinel's own errors in the OpenAI envelope |
 //! | [`metrics`] | metric names and labels |
 //!
@@ -50,6 +51,7 @@ pub mod error;
 mod grpc;
 pub mod health;
 pub mod metrics;
+pub mod recovery;
 mod request;
 pub mod retry;
 mod rng;

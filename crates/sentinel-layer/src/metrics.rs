@@ -11,6 +11,7 @@
 //! | `sentinel_breaker_transitions_total` | counter | `scope` (`model`, `provider`), `name`, `to` (`open`, `closed`) | circuit-breaker transitions |
 //! | `sentinel_models_open` | gauge | | model breakers open right now in this process |
 //! | `sentinel_health_checks_total` | counter | `provider`, `result` (`up`, `down`, `inconclusive`) | active health-check probes |
+//! | `sentinel_model_probes_total` | counter | `provider`, `model`, `result` (`up`, `down`) | background probes of open models (early recovery) |
 //! | `sentinel_session_upgrades_total` | counter | `from`, `to` | sessions moved to a higher tier |
 //! | `sentinel_redis_fallbacks_total` | counter | `component` (`sessions`, `breakers`) | Redis calls that failed or timed out; the request went on without them |
 //! | `sentinel_errors_total` | counter | `code` | responses Sentinel made itself, by error code |
@@ -29,6 +30,8 @@ pub const BREAKER_TRANSITIONS: &str = "sentinel_breaker_transitions_total";
 pub const MODELS_OPEN: &str = "sentinel_models_open";
 /// Health-check results.
 pub const HEALTH_CHECKS: &str = "sentinel_health_checks_total";
+/// Background probes of open models.
+pub const MODEL_PROBES: &str = "sentinel_model_probes_total";
 /// Session upgrades.
 pub const SESSION_UPGRADES: &str = "sentinel_session_upgrades_total";
 /// Redis fallbacks.
@@ -48,6 +51,10 @@ pub fn describe() {
         "Model selections by tier, model, provider and reason."
     );
     describe_counter!(RETRIES, "Second attempts on the next model of the tier.");
+    describe_counter!(
+        MODEL_PROBES,
+        "Background probes of open models by provider, model and result."
+    );
     describe_counter!(
         BREAKER_TRANSITIONS,
         "Circuit-breaker transitions by scope, name and target state."

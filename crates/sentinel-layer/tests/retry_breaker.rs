@@ -373,3 +373,83 @@ async fn connection_failures_open_the_provider_for_all_its_models() {
         finish(task).await;
     }
 }
+
+/// A model probe client that answers as told and remembers its calls.
+#[derive(Clone, Default)]
+struct Probe {
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<(String, tokio::time::Instant)>>>,
+}
+
+impl sentinel_layer::recovery::ModelProbeClient for Probe {
+    fn probe(&self, _provider: &str, model: &str) -> sentinel_layer::recovery::ProbeFuture {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((model.to_owned(), tokio::time::Instant::now()));
+        let up = self.up.load(std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            Ok(if up {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            })
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_model_is_probed_every_interval_and_closes_on_the_first_success() {
+    let probe = Probe::default();
+    let layer = TierRoutingLayer::builder(two_models())
+        .failure_threshold(1)
+        .model_probes(
+            sentinel_layer::recovery::ModelProbes::new(probe.clone())
+                .interval(Duration::from_secs(4)),
+        )
+        .rng_seed(1)
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    h.layer.start_background_tasks();
+
+    // `solo` fails once: open for 30 s.
+    let task = h.send("moderate");
+    let (_, _, respond) = h.attempt().await;
+    let opened = tokio::time::Instant::now();
+    respond.send_response(status(500));
+    let (code, _, body) = finish(task).await;
+    assert_eq!(code, StatusCode::BAD_GATEWAY, "{body}");
+    let (code, _, body) = finish(h.send("moderate")).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    // No probe before one interval (4 s); then one every interval (give or
+    // take the task's 1 s tick) while it fails.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert!(probe.calls.lock().unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(9_500)).await; // 13 s
+    let calls = probe.calls.lock().unwrap().clone();
+    assert!((2..=3).contains(&calls.len()), "{calls:?}");
+    assert!(calls.iter().all(|(m, _)| m == "solo"));
+    assert!(calls[0].1 >= opened + Duration::from_secs(4));
+    for pair in calls.windows(2) {
+        assert!(pair[1].1 >= pair[0].1 + Duration::from_secs(4), "{calls:?}");
+    }
+    // A failed probe changes nothing: still open.
+    let (code, _, _) = finish(h.send("moderate")).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+
+    // It recovers: the next probe closes the breaker at once, well before
+    // the 30 s backoff would have let a request through.
+    probe.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(6)).await; // 19 s
+    assert!(tokio::time::Instant::now() < opened + Duration::from_secs(30));
+    let task = h.send("moderate");
+    let (decision, _, respond) = h.attempt().await;
+    assert_eq!(
+        &*decision.model, "solo",
+        "traffic is back before the backoff ended"
+    );
+    respond.send_response(status(200));
+    assert_eq!(finish(task).await.0, StatusCode::OK);
+}

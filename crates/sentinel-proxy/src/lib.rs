@@ -43,6 +43,7 @@ use http::Request;
 use http_body_util::Full;
 use sentinel_core::{StaticConfig, TierConfigSource};
 use sentinel_layer::health::{HealthChecks, HealthClient, HealthFuture, HealthTarget};
+use sentinel_layer::recovery::ModelProbes;
 use sentinel_layer::{MemorySessionStore, RedisSessionStore, TierRoutingLayer};
 use sentinel_zion::{RedisSettings, RedisStore, TierConfigCache, ZionClient, ZionSettings};
 use tokio::sync::watch;
@@ -205,8 +206,6 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
             .path(settings.health.path.clone());
         layer = layer.health_checks(checks);
     }
-    let layer = layer.build().map_err(|e| fail("settings", e))?;
-
     let timeouts = Timeouts {
         first_byte: settings.first_byte_timeout,
         first_token: settings.first_token_timeout,
@@ -219,6 +218,10 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
         source.clone(),
     )
     .map_err(|e| fail("providers", e))?;
+    if let Some(interval) = settings.model_probe_interval {
+        layer = layer.model_probes(ModelProbes::new(upstream.clone()).interval(interval));
+    }
+    let layer = layer.build().map_err(|e| fail("settings", e))?;
     let state = server::AppState {
         source: source.clone(),
         prometheus,

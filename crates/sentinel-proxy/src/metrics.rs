@@ -29,6 +29,8 @@ pub const STREAM_ERRORS: &str = "sentinel_stream_errors_total";
 pub const UNKNOWN_PROVIDER_MODELS: &str = "sentinel_unknown_provider_models_total";
 /// Every HTTP request answered.
 pub const HTTP_REQUESTS: &str = "sentinel_http_requests_total";
+/// Tokens spent by background model probes (early recovery).
+pub const PROBE_TOKENS: &str = "sentinel_probe_tokens_total";
 /// Client connections open right now.
 pub const CONNECTIONS_OPEN: &str = "sentinel_connections_open";
 /// Requests shed at once because the in-flight cap was reached.
@@ -99,6 +101,10 @@ fn describe() {
         "HTTP requests answered by the proxy, by status class."
     );
     metrics::describe_gauge!(CONNECTIONS_OPEN, "Client connections open right now.");
+    describe_counter!(
+        PROBE_TOKENS,
+        "Tokens spent by background probes of open models, by provider, model and kind."
+    );
     describe_counter!(
         REQUESTS_SHED,
         "Requests answered 503 overloaded because the in-flight cap was reached."

@@ -83,6 +83,10 @@ SETTINGS (environment variable / file key: meaning [default])
   SENTINEL_HEALTH_TIMEOUT_SECS / health.timeout_secs
                                                 probe timeout [2]
   SENTINEL_HEALTH_PATH / health.path            probe path under each base URL [/models]
+  SENTINEL_MODEL_PROBES / recovery.enabled      probe open models in the background (one short message,
+                                                max_tokens 1), true/false [true]
+  SENTINEL_MODEL_PROBE_INTERVAL_SECS / recovery.interval_secs
+                                                time between probes of an open model [10]
   SENTINEL_LOG / log                            log level: error, warn, info, debug, trace [info]
 
 FILE ONLY
@@ -186,6 +190,7 @@ impl fmt::Debug for Settings {
             .field("session_ttl", &self.session_ttl)
             .field("session_max_entries", &self.session_max_entries)
             .field("health", &self.health)
+            .field("model_probe_interval", &self.model_probe_interval)
             .field("log", &self.log)
             .finish()
     }
@@ -276,6 +281,8 @@ pub struct Settings {
     pub session_max_entries: usize,
     /// Health checks.
     pub health: Health,
+    /// Background probes of open models; `None`: off.
+    pub model_probe_interval: Option<Duration>,
     /// Log level.
     pub log: String,
 }
@@ -317,6 +324,8 @@ struct File {
     #[serde(default)]
     health: FileHealth,
     #[serde(default)]
+    recovery: FileRecovery,
+    #[serde(default)]
     client: FileClient,
     #[serde(default)]
     cors: FileCors,
@@ -356,6 +365,13 @@ struct FileHealth {
     interval_secs: Option<u64>,
     timeout_secs: Option<u64>,
     path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRecovery {
+    enabled: Option<bool>,
+    interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -418,6 +434,24 @@ fn number(
         ));
     }
     Ok(value)
+}
+
+/// A true/false setting: the environment (`true`/`1`/`yes`/`on` or
+/// `false`/`0`/`no`/`off`), else the file, else `default`.
+fn flag(
+    env: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+    file: Option<bool>,
+    default: bool,
+) -> Result<bool, SettingsError> {
+    match var(env, name) {
+        Some(v) => match v.trim() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(SettingsError::new(name, "must be true or false")),
+        },
+        None => Ok(file.unwrap_or(default)),
+    }
 }
 
 fn url(setting: &str, value: &str) -> Result<String, SettingsError> {
@@ -729,19 +763,17 @@ impl Settings {
             1..=100_000_000,
         )? as usize;
 
-        let enabled = match var(env, "SENTINEL_HEALTH_CHECKS") {
-            Some(v) => match v.trim() {
-                "true" | "1" | "yes" | "on" => true,
-                "false" | "0" | "no" | "off" => false,
-                _ => {
-                    return Err(SettingsError::new(
-                        "SENTINEL_HEALTH_CHECKS",
-                        "must be true or false",
-                    ));
-                }
-            },
-            None => file.health.enabled.unwrap_or(true),
-        };
+        let enabled = flag(env, "SENTINEL_HEALTH_CHECKS", file.health.enabled, true)?;
+        let probes = flag(env, "SENTINEL_MODEL_PROBES", file.recovery.enabled, true)?;
+        let probe_interval = secs(number(
+            env,
+            "SENTINEL_MODEL_PROBE_INTERVAL_SECS",
+            "recovery.interval_secs",
+            file.recovery.interval_secs,
+            10,
+            1..=3_600,
+        )?);
+        let model_probe_interval = probes.then_some(probe_interval);
         let health = Health {
             enabled,
             interval: secs(number(
@@ -807,6 +839,7 @@ impl Settings {
             session_ttl,
             session_max_entries,
             health,
+            model_probe_interval,
             log,
         };
         settings.check_exposure()?;

@@ -378,6 +378,74 @@ impl Upstream {
     }
 }
 
+impl sentinel_layer::recovery::ModelProbeClient for Upstream {
+    /// `POST {base}/chat/completions` with one short user message and
+    /// `max_tokens: 1`, the provider's key, bounded by the first-byte
+    /// timeout; its tokens are counted in `sentinel_probe_tokens_total`.
+    fn probe(&self, provider: &str, model: &str) -> sentinel_layer::recovery::ProbeFuture {
+        let this = self.clone();
+        let (provider, model) = (provider.to_owned(), model.to_owned());
+        Box::pin(async move { this.probe_model(&provider, &model).await })
+    }
+}
+
+impl Upstream {
+    async fn probe_model(
+        &self,
+        provider: &str,
+        model: &str,
+    ) -> Result<http::StatusCode, sentinel_layer::BoxError> {
+        let target = self
+            .0
+            .targets
+            .get(provider)
+            .ok_or_else(|| format!("unknown provider `{provider}`"))?;
+        let body = serde_json::json!({
+            "model": model,
+            "messages": [{ "role": "user", "content": "ping" }],
+            "max_tokens": 1,
+        });
+        let mut request = Request::new(Full::new(Bytes::from(body.to_string())));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = Uri::try_from(format!("{}/chat/completions", target.base_url))?;
+        let headers = request.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        if let Some(auth) = &target.authorization {
+            headers.insert(header::AUTHORIZATION, auth.clone());
+        }
+        let limit = self.0.timeouts.first_byte;
+        let answer = tokio::time::timeout(limit, async {
+            let response = self.0.client.request(request).await?;
+            let status = response.status();
+            let bytes = Limited::new(response.into_body(), CLIENT_ERROR_BODY_CAP)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, sentinel_layer::BoxError>((status, bytes))
+        })
+        .await
+        .map_err(|_| "the model probe timed out")??;
+        if let Some((input, output)) = usage_of(&answer.1) {
+            let labels = [
+                ("provider", provider.to_owned()),
+                ("model", model.to_owned()),
+            ];
+            let kind = |kind: &'static str| [&labels[..], &[("kind", kind.to_owned())]].concat();
+            ::metrics::counter!(m::PROBE_TOKENS, &kind("input")).increment(input);
+            ::metrics::counter!(m::PROBE_TOKENS, &kind("output")).increment(output);
+        }
+        Ok(answer.0)
+    }
+}
+
 /// The largest `400` body read whole to look for a context-length failure.
 const CLIENT_ERROR_BODY_CAP: usize = 64 << 10;
 

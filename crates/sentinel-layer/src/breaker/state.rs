@@ -51,6 +51,14 @@ struct State {
     probe_since: Option<Instant>,
     /// Advances at every open, reopen and close.
     generation: u64,
+    /// When it opened (not when it reopened): the background probes count
+    /// from here.
+    opened_at: Option<Instant>,
+    /// No background probe before this (the provider's `Retry-After`).
+    not_before: Option<Instant>,
+    /// The last background probe started then; one at a time.
+    background_probe: Option<Instant>,
+    background_probing: bool,
 }
 
 impl State {
@@ -324,6 +332,54 @@ impl Breakers {
         drop(ticket);
     }
 
+    /// The open models due for a background probe at `now`: open at least
+    /// `interval`, not probed in the last `interval`, past any
+    /// `Retry-After`, and not being probed. Each is marked as being probed.
+    pub(crate) fn due_for_probe(
+        &self,
+        now: Instant,
+        interval: Duration,
+    ) -> Vec<(Arc<str>, Arc<str>)> {
+        let map = self.models.read().unwrap_or_else(|p| p.into_inner());
+        let mut due = Vec::new();
+        for (provider, models) in map.iter() {
+            for (model, breaker) in models {
+                let claimed = breaker.with(|s| {
+                    let ready = s.open_until.is_some()
+                        && !s.background_probing
+                        && s.opened_at.is_some_and(|at| now >= at + interval)
+                        && s.background_probe.is_none_or(|at| now >= at + interval)
+                        && s.not_before.is_none_or(|at| now >= at);
+                    if ready {
+                        s.background_probing = true;
+                        s.background_probe = Some(now);
+                    }
+                    ready
+                });
+                if claimed {
+                    due.push((provider.clone(), model.clone()));
+                }
+            }
+        }
+        due
+    }
+
+    /// A background probe of (`provider`, `model`) ended: a success closes
+    /// the model's breaker and resets its backoff; a failure changes nothing.
+    pub(crate) fn probed(&self, provider: &Arc<str>, model: &Arc<str>, up: bool, now: Instant) {
+        let Some(b) = self.model(provider, model) else {
+            return;
+        };
+        b.with(|s| {
+            s.background_probing = false;
+            // Keep the spacing from the probe's end, not its start.
+            s.background_probe = Some(now);
+        });
+        if up {
+            self.close(&b, "model", provider, Some(model));
+        }
+    }
+
     /// Records an active health check of `provider`: a success resets the
     /// provider's breaker only (never a model's), a failure feeds it.
     pub(crate) fn health(&self, provider: &Arc<str>, up: bool, now: Instant) {
@@ -347,6 +403,7 @@ impl Breakers {
                 if !was_open {
                     s.remote = true;
                     s.generation += 1;
+                    s.opened_at = Some(Instant::now());
                 }
             }
             !was_open
@@ -439,6 +496,12 @@ impl Breakers {
             s.remote = false;
             s.probe_since = None;
             s.generation += 1;
+            if !was_open {
+                s.opened_at = Some(now);
+            }
+            if let Some(floor) = retry_after {
+                s.not_before = Some(now + floor);
+            }
             Some((wait, !was_open))
         });
         if let Some((wait, newly)) = opened {

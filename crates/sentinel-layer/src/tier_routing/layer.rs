@@ -16,6 +16,7 @@ use crate::breaker::Backoff;
 use crate::breaker::shared::SharedOpenState;
 use crate::breaker::state::{BreakerSettings, Breakers};
 use crate::health::HealthChecks;
+use crate::recovery::ModelProbes;
 use crate::retry::NextModel;
 use crate::rng::Randomness;
 use crate::select::Selector;
@@ -93,6 +94,7 @@ pub struct TierRoutingLayerBuilder {
     backoff: Option<(Duration, Duration)>,
     threshold: u32,
     health: Option<HealthChecks>,
+    probes: Option<ModelProbes>,
     routes: Routes,
     body_limit: usize,
     body_timeout: Duration,
@@ -129,6 +131,7 @@ impl TierRoutingLayerBuilder {
             backoff: None,
             threshold: Self::DEFAULT_FAILURE_THRESHOLD,
             health: None,
+            probes: None,
             routes: Routes::default(),
             body_limit: Self::DEFAULT_BODY_LIMIT,
             body_timeout: Self::DEFAULT_BODY_TIMEOUT,
@@ -166,6 +169,13 @@ impl TierRoutingLayerBuilder {
     /// Probes providers actively.
     pub fn health_checks(mut self, checks: HealthChecks) -> Self {
         self.health = Some(checks);
+        self
+    }
+
+    /// Probes open models in the background, so that one that recovers
+    /// takes traffic again at once (see [`recovery`](crate::recovery)).
+    pub fn model_probes(mut self, probes: ModelProbes) -> Self {
+        self.probes = Some(probes);
         self
     }
 
@@ -261,6 +271,9 @@ impl TierRoutingLayerBuilder {
         if let Some(health) = &self.health {
             health.validate()?;
         }
+        if let Some(probes) = &self.probes {
+            probes.validate()?;
+        }
         if self.body_timeout.is_zero() {
             return Err(InvalidConfig::new(
                 "the body timeout must be greater than zero",
@@ -322,7 +335,7 @@ impl TierRoutingLayerBuilder {
             }),
             self.routes,
             (self.body_limit.max(1), self.body_timeout),
-            self.health,
+            (self.health, self.probes),
         )
     }
 }

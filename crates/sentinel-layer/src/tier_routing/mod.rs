@@ -78,6 +78,7 @@ pub use service::TierRouting;
 
 use crate::breaker::shared::SYNC_INTERVAL;
 use crate::health::{self, HealthChecks};
+use crate::recovery::{self, ModelProbes};
 use crate::select::Selector;
 use crate::session::SessionStore;
 
@@ -161,6 +162,7 @@ pub(crate) struct Shared {
     pub(crate) body_limit: usize,
     pub(crate) body_timeout: Duration,
     health: Option<HealthChecks>,
+    probes: Option<ModelProbes>,
     /// The latest config seen by a request (for the shared-breaker sync).
     last_config: ArcSwapOption<TierConfig>,
     started: AtomicBool,
@@ -174,7 +176,7 @@ impl Shared {
         sessions: Option<Sessions>,
         routes: Routes,
         (body_limit, body_timeout): (usize, Duration),
-        health: Option<HealthChecks>,
+        (health, probes): (Option<HealthChecks>, Option<ModelProbes>),
     ) -> Self {
         Shared {
             source,
@@ -184,6 +186,7 @@ impl Shared {
             body_limit,
             body_timeout,
             health,
+            probes,
             last_config: ArcSwapOption::empty(),
             started: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
@@ -219,6 +222,10 @@ impl Shared {
                 let task = health::run(Arc::downgrade(self), target.clone(), checks.clone());
                 handles.push(runtime.spawn(task).abort_handle());
             }
+        }
+        if let Some(probes) = &self.probes {
+            let task = recovery::run(Arc::downgrade(self), probes.clone());
+            handles.push(runtime.spawn(task).abort_handle());
         }
         if self.selector.breakers.shared().is_some() {
             let weak = Arc::downgrade(self);

@@ -1,0 +1,147 @@
+//! Early recovery: an open model is probed in the background, so traffic
+//! returns the moment it recovers instead of after its whole backoff.
+//!
+//! While a model's breaker is open, a background task sends it a minimal
+//! request through a [`ModelProbeClient`] (the proxy sends one short user
+//! message with `max_tokens: 1`) every `interval` (10 s by default): the
+//! first one interval after the breaker opened, and never before a
+//! `Retry-After` the provider gave has passed. An answer that a real
+//! request would not count against the model (a `2xx`, or a `4xx` but
+//! `429`: the model is serving) closes the breaker and resets its backoff
+//! at once; a timeout, `429` or `5xx` changes nothing, and real traffic
+//! keeps the seed's schedule (30 s, doubling, at most 5 min). The
+//! probes are counted in `sentinel_model_probes_total`; what they cost is
+//! the client's to count (the proxy counts their tokens apart).
+//!
+//! Like the health checks, the layer does no HTTP itself, and the task
+//! belongs to state shared by every clone of the layer: it starts on first
+//! use inside a runtime and stops with the last clone.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use sentinel_layer::recovery::{ModelProbeClient, ModelProbes, ProbeFuture};
+//!
+//! struct Ping;
+//! impl ModelProbeClient for Ping {
+//!     fn probe(&self, _provider: &str, _model: &str) -> ProbeFuture {
+//!         // A real client sends one short message with `max_tokens: 1`.
+//!         Box::pin(async { Ok(http::StatusCode::OK) })
+//!     }
+//! }
+//!
+//! let probes = ModelProbes::new(Ping).interval(Duration::from_secs(5));
+//! # let _ = probes;
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::time::Instant;
+
+use crate::InvalidConfig;
+use crate::breaker::service::is_retryable_status;
+use crate::metrics as m;
+use crate::tier_routing::Shared;
+use crate::upstream::BoxError;
+
+/// The future a [`ModelProbeClient`] returns: the probe's status.
+pub type ProbeFuture = Pin<Box<dyn Future<Output = Result<StatusCode, BoxError>> + Send>>;
+
+/// Sends a model probe.
+pub trait ModelProbeClient: Send + Sync + 'static {
+    /// Sends a minimal request to `model` of `provider` (one short user
+    /// message, `max_tokens: 1`) and returns the response status.
+    fn probe(&self, provider: &str, model: &str) -> ProbeFuture;
+}
+
+/// Background probes of open models. See the [module docs](self).
+#[derive(Clone)]
+pub struct ModelProbes {
+    pub(crate) client: Arc<dyn ModelProbeClient>,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+}
+
+impl fmt::Debug for ModelProbes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelProbes")
+            .field("interval", &self.interval)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelProbes {
+    /// Default time between probes of an open model: 10 s.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+    /// Default bound on one probe: 30 s.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Probes through `client`, every 10 s, each bounded by 30 s.
+    pub fn new(client: impl ModelProbeClient) -> Self {
+        ModelProbes {
+            client: Arc::new(client),
+            interval: Self::DEFAULT_INTERVAL,
+            timeout: Self::DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Time between probes of an open model (and from its opening to the
+    /// first probe).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// The longest one probe may take.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.interval.is_zero() || self.timeout.is_zero() {
+            return Err(InvalidConfig::new(
+                "the model probe interval and timeout must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The probing task: wakes every second (or every interval, when shorter),
+/// probes the models that are due, each in a task of its own.
+pub(crate) async fn run(shared: Weak<Shared>, probes: ModelProbes) {
+    let tick = probes.interval.min(Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(layer) = shared.upgrade() else {
+            return;
+        };
+        let breakers = layer.selector.breakers.clone();
+        drop(layer);
+        for (provider, model) in breakers.due_for_probe(Instant::now(), probes.interval) {
+            let breakers = breakers.clone();
+            let client = probes.client.clone();
+            let timeout = probes.timeout;
+            tokio::spawn(async move {
+                let result = tokio::time::timeout(timeout, client.probe(&provider, &model)).await;
+                // Judged as a real request's head would be: only what would
+                // count against the model keeps it out.
+                let up = matches!(result, Ok(Ok(status)) if !is_retryable_status(status));
+                ::metrics::counter!(m::MODEL_PROBES,
+                    "provider" => provider.clone(),
+                    "model" => model.clone(),
+                    "result" => if up { "up" } else { "down" })
+                .increment(1);
+                breakers.probed(&provider, &model, up, Instant::now());
+            });
+        }
+    }
+}
