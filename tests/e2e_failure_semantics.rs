@@ -185,6 +185,11 @@ async fn an_error_event_after_the_first_token_counts_against_the_model() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_ends_without_its_end_marker_is_a_failure_not_an_answer() {
+    failures_after_the_first_token_count("no-done", UpstreamFault::NoDone(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_is_not_counted_and_its_upstream_call_is_cancelled() {
     let upstream = MockUpstream::start().await.unwrap();
     let zion = MockZion::start().await.unwrap();
@@ -390,5 +395,44 @@ async fn a_model_that_recovers_takes_traffic_again_within_a_probe_interval() {
         .unwrap_or(0.0)
             > 0.0,
         "probe tokens are counted apart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_charged_only_to_the_model_that_answered() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    let (a, b) = models("charged");
+    let priced = |model: &str, cost: i64| {
+        json!({ "provider": "openai", "model": model, "relative_cost": cost,
+                "pricing": { "input_per_mtok_usd": 1.0, "output_per_mtok_usd": 2.0 } })
+    };
+    let tier = json!({ "models": [priced(&a, 1), priced(&b, 10)] });
+    zion.set_config(json!({ "version": "charged", "tiers": { "simple": tier, "moderate": tier, "complex": tier } }));
+    upstream.set_fault(&a, UpstreamFault::FirstTokenDelay(Duration::from_secs(5)));
+    let proxy = proxy(&upstream, &zion, 100).await;
+    for _ in 0..4 {
+        let reply = stream(&proxy).await;
+        assert!(complete(&reply));
+        let reply = proxy.chat(&chat_body(Some("simple"))).await;
+        assert_eq!(reply.status, 200);
+    }
+    assert!(upstream.calls_for(&a) >= 1);
+    let metrics = proxy.metrics().await;
+    let tokens =
+        |model: &str| metric(&metrics, "sentinel_tokens_total", &[("model", model)]).unwrap_or(0.0);
+    let per_answer = (MockUpstream::PROMPT_TOKENS + MockUpstream::COMPLETION_TOKENS) as f64;
+    // Eight answers from `b`, each charged once (streams through the usage
+    // chunk Sentinel asked for); nothing from the stalled `a`.
+    assert_eq!(tokens(&b), 8.0 * per_answer);
+    assert_eq!(tokens(&a), 0.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "sentinel_cost_micro_usd_total",
+            &[("model", a.as_str())]
+        )
+        .unwrap_or(0.0),
+        0.0
     );
 }

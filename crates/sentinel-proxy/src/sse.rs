@@ -54,6 +54,9 @@ pub(crate) struct Framer {
     /// that comes next belongs to that event; `Some(hidden)` says whether
     /// the event was left out.
     after_cr_cut: Option<bool>,
+    /// The stream's own end was passed on: `[DONE]` (chat completions), or
+    /// `response.completed` / `response.incomplete` / `response.failed`.
+    complete: bool,
 }
 
 impl Framer {
@@ -75,7 +78,14 @@ impl Framer {
             api,
             last_sequence: None,
             after_cr_cut: None,
+            complete: false,
         }
+    }
+
+    /// Whether the stream's own end marker has been passed on: a stream
+    /// that ends without it was cut short, however cleanly it closed.
+    pub(crate) fn complete(&self) -> bool {
+        self.complete
     }
 
     /// Takes the next chunk from upstream; returns the whole events it
@@ -190,8 +200,19 @@ impl Framer {
         self.scanned = self.pending.len();
     }
 
-    /// Remembers the last `"sequence_number":N` passed on (Responses API).
+    /// Remembers what the client has been given: the end marker, and the
+    /// last `"sequence_number":N` (Responses API).
     fn note_sequence(&mut self, out: &[u8]) {
+        if !self.complete {
+            self.complete = match self.api {
+                Api::Chat => contains(out, b"[DONE]"),
+                Api::Responses => {
+                    contains(out, b"response.completed")
+                        || contains(out, b"response.incomplete")
+                        || contains(out, b"response.failed")
+                }
+            };
+        }
         if self.api == Api::Responses
             && let Some(n) = last_sequence_number(out)
         {

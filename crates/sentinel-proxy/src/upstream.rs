@@ -908,6 +908,11 @@ impl http_body::Body for UpstreamBody {
                     }
                 }
                 Poll::Ready(None) => {
+                    if this.framer.as_ref().is_some_and(|f| !f.complete()) {
+                        // Closed cleanly, but without the stream's own end:
+                        // an answer cut short, never presented as complete.
+                        break 'read "truncated";
+                    }
                     *this.done = true;
                     this.report.ended();
                     if let Some(mut usage) = this.usage.take() {
@@ -952,6 +957,10 @@ impl http_body::Body for UpstreamBody {
                     "event_too_large" => (
                         ErrorCode::UpstreamFailed,
                         "the upstream sent an event larger than Sentinel holds",
+                    ),
+                    "truncated" => (
+                        ErrorCode::UpstreamFailed,
+                        "the upstream stream ended before its end marker",
                     ),
                     _ => (
                         ErrorCode::UpstreamFailed,
