@@ -189,7 +189,7 @@ impl BoundedRedis {
         key: String,
         args: Vec<String>,
     ) -> Result<Guarded, Error> {
-        if self.inner.offset_ms.load(Ordering::Relaxed) == UNKNOWN {
+        if !self.knows_the_clock() {
             self.calibrate().await?;
         }
         match self.eval_once(script, &key, &args).await? {
@@ -248,8 +248,13 @@ impl BoundedRedis {
         Ok(Guarded::Ran(items))
     }
 
+    /// Whether Redis's clock is known (a reply has brought its time).
+    pub(crate) fn knows_the_clock(&self) -> bool {
+        self.inner.offset_ms.load(Ordering::Relaxed) != UNKNOWN
+    }
+
     /// Learns Redis's clock with `TIME`.
-    async fn calibrate(&self) -> Result<(), Error> {
+    pub(crate) async fn calibrate(&self) -> Result<(), Error> {
         let (index, client) = self.pick()?;
         let sent = wall_ms();
         let time = CustomCommand::new_static("TIME", ClusterHash::Random, false);

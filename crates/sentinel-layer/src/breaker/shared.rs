@@ -101,6 +101,13 @@ impl SharedOpenState {
     /// Reads the open state of `models` and applies it to `breakers`.
     pub(crate) async fn sync(&self, breakers: &Breakers, models: &[(Arc<str>, Arc<str>)]) {
         if models.is_empty() {
+            // No config yet: learn Redis's clock meanwhile, so that the
+            // first opening goes out in one round trip.
+            if !self.redis.knows_the_clock()
+                && let Err(e) = self.redis.calibrate().await
+            {
+                fallback("sync", &e);
+            }
             return;
         }
         let keys = models.iter().map(|(p, m)| self.key(p, m)).collect();
