@@ -45,6 +45,7 @@
 //! ```
 
 mod body;
+mod bounded_redis;
 pub mod breaker;
 mod decision;
 pub mod error;

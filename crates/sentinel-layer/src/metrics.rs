@@ -14,6 +14,8 @@
 //! | `sentinel_model_probes_total` | counter | `provider`, `model`, `result` (`up`, `down`) | background probes of open models (early recovery) |
 //! | `sentinel_session_upgrades_total` | counter | `from`, `to` | sessions moved to a higher tier |
 //! | `sentinel_redis_fallbacks_total` | counter | `component` (`sessions`, `breakers`) | Redis calls that failed or timed out; the request went on without them |
+//! | `sentinel_redis_late_commands_total` | counter | `component` | Redis commands that reached Redis after their deadline and did nothing there (seen by a caller still waiting: a clock step between hosts) |
+//! | `sentinel_redis_stalls_total` | counter | `component` | Redis connections that did not answer a probe after a command was given up; closed and reopened |
 //! | `sentinel_errors_total` | counter | `code` | responses Sentinel made itself, by error code |
 //!
 //! Call [`describe`] once after installing a recorder to attach the help texts.
@@ -36,6 +38,10 @@ pub const MODEL_PROBES: &str = "sentinel_model_probes_total";
 pub const SESSION_UPGRADES: &str = "sentinel_session_upgrades_total";
 /// Redis fallbacks.
 pub const REDIS_FALLBACKS: &str = "sentinel_redis_fallbacks_total";
+/// Redis commands dropped by Redis for arriving after their deadline.
+pub const REDIS_LATE: &str = "sentinel_redis_late_commands_total";
+/// Stalled Redis connections replaced.
+pub const REDIS_STALLS: &str = "sentinel_redis_stalls_total";
 /// Sentinel-made errors.
 pub const ERRORS: &str = "sentinel_errors_total";
 
@@ -71,6 +77,14 @@ pub fn describe() {
     describe_counter!(
         REDIS_FALLBACKS,
         "Redis calls that failed or timed out; the request went on without them."
+    );
+    describe_counter!(
+        REDIS_LATE,
+        "Redis commands that reached Redis after their deadline and did nothing there."
+    );
+    describe_counter!(
+        REDIS_STALLS,
+        "Redis connections that stopped answering after a command was given up; reopened."
     );
     describe_counter!(ERRORS, "Responses Sentinel made itself, by error code.");
 }

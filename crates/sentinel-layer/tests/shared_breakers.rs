@@ -99,3 +99,53 @@ async fn with_redis_down_each_replica_keeps_its_own_state() {
     }
     assert!(saw_retry);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opening_given_up_while_redis_hangs_is_not_published_when_it_resumes() {
+    let redis = RedisServer::start().unwrap();
+    let a = replica(&redis).await;
+    let b = replica(&redis).await;
+    assert_eq!(send(&a, simple("none")).await.status, StatusCode::OK);
+    assert_eq!(send(&b, simple("none")).await.status, StatusCode::OK);
+    // A few syncs: A knows Redis's clock, so its publication goes out at
+    // once (with its deadline) rather than after a `TIME`.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    redis.pause().unwrap();
+    // `cheap` opens on A while Redis hangs: its publication is written to a
+    // connection that answers nothing, and given up after the session wait.
+    let mut opened = false;
+    for _ in 0..40 {
+        let r = send(&a, simple("cheap")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        if r.header("x-sentinel-model") == Some("pricey") {
+            opened = true;
+            break;
+        }
+    }
+    assert!(opened, "cheap did not fail over");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.resume().unwrap();
+
+    // Redis runs what reached it during the hang: the opening, now late,
+    // does nothing (a replayed one would hold the key for the 30 s wait and
+    // take `cheap` away from B).
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        assert_eq!(
+            redis
+                .query(&["EXISTS", "sentinel:breaker:openai/cheap"])
+                .unwrap()
+                .as_integer(),
+            Some(0),
+            "an opening given up was published after Redis resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut b_sent_to_cheap = false;
+    for _ in 0..40 {
+        b_sent_to_cheap |=
+            send(&b, simple("none")).await.header("x-sentinel-model") == Some("cheap");
+    }
+    assert!(b_sent_to_cheap, "B left cheap out");
+}

@@ -4,6 +4,9 @@
 //! a fresh temporary directory that is removed on drop. [`RedisServer::stop`]
 //! kills it (Redis is down: connections are refused) and
 //! [`RedisServer::restart`] brings it back, empty, on the same port.
+//! [`RedisServer::pause`] freezes it with `SIGSTOP` (Redis hangs: sockets
+//! stay open, nothing is answered) and [`RedisServer::resume`] lets it run
+//! again, executing whatever clients wrote meanwhile.
 //!
 //! [`RedisServer::query`] is a small synchronous RESP client for checking
 //! what the code under test stored:
@@ -146,6 +149,48 @@ impl RedisServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server with `SIGSTOP`: the process stops running but its
+    /// sockets stay open, so clients still connect and write (the kernel
+    /// buffers what they send) and get no answer, as with a Redis that
+    /// hangs. [`resume`](Self::resume) lets it run again; whatever the
+    /// clients wrote meanwhile is then read and executed. Does nothing if
+    /// the server is stopped.
+    pub fn pause(&self) -> io::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a server frozen by [`pause`](Self::pause) run again
+    /// (`SIGCONT`). Does nothing if the server is stopped.
+    pub fn resume(&self) -> io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    /// The process id of the running server, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`) to the server with `kill(1)`.
+    fn signal(&self, signal: &str) -> io::Result<()> {
+        let Some(pid) = self.pid() else {
+            return Ok(());
+        };
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "kill {signal} {pid} failed ({status})"
+            )))
         }
     }
 
@@ -374,13 +419,15 @@ impl RedisServer {
 
 /// A connected `fred` pool for `url` (the code under test builds its own
 /// pools; tests of components that take a pool use this one): command
-/// timeout 500 ms, reconnecting on its own, waiting until connected.
+/// timeout 500 ms, a command buffer of 1024 per connection, reconnecting on
+/// its own, waiting until connected.
 pub async fn fred_pool(url: &str) -> Result<fred::clients::Pool, fred::error::Error> {
     use fred::interfaces::ClientLike;
     let mut config = fred::types::config::Config::from_url(url)?;
     config.fail_fast = false;
     let pool = fred::types::Builder::from_config(config)
         .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(500))
+        .with_connection_config(|c| c.max_command_buffer_len = 1024)
         .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
             0, 50, 2000, 2,
         ))
@@ -428,6 +475,20 @@ mod tests {
         assert_eq!(
             encode_command(&["GET", "k"]),
             b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn pause_freezes_the_server_and_resume_thaws_it() {
+        let server = RedisServer::start().unwrap();
+        server.pause().unwrap();
+        // Connections are still accepted, but nothing is answered.
+        assert!(ping(server.addr()).is_err());
+        server.resume().unwrap();
+        ping(server.addr()).unwrap();
+        assert_eq!(
+            server.query(&["PING"]).unwrap(),
+            RespValue::Simple("PONG".into())
         );
     }
 

@@ -6,10 +6,15 @@
 //!   with the store's key when it was read from the store.
 //! - **Refresh ahead.** In the last 10% of the TTL one background refresh
 //!   runs; requests never wait for it.
-//! - **Single flight.** Concurrent misses in one process make one fetch.
+//! - **Single flight.** Concurrent misses in one process make one fetch,
+//!   which runs in a task of the cache's own: every waiter shares its
+//!   result, and a caller that goes away (a client that disconnects) cancels
+//!   nothing, so the fetch finishes, stores its value and releases its lock.
 //!   Across processes sharing a store, a lock (`SET NX PX`, PX = the Zion
 //!   timeout) lets one replica call Zion while the others wait for its value,
-//!   at most PX, and then fetch themselves.
+//!   at most PX, and then fetch themselves. A fetch is bounded (twice the
+//!   Zion timeout plus 5 s for the store's round trips), and a lock whose
+//!   fetch is cut short anyway is released in the background.
 //! - **Failures.** A failed refresh keeps the last good config in use, past
 //!   its TTL if need be (counted as `stale`). With nothing in the process and
 //!   nothing in the store, a lookup fails with
@@ -75,6 +80,14 @@ const SPACING_CAP: Duration = Duration::from_secs(30);
 const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How often a replica that lost the lock race looks for the winner's value.
 const LOCK_POLL: Duration = Duration::from_millis(25);
+/// A fetch's bound beyond twice the Zion timeout (the lock wait and the
+/// Zion call): the store's round trips.
+const FETCH_SLACK: Duration = Duration::from_secs(5);
+
+/// What a cold load ends with, shared by every waiter.
+type Loaded = Result<Arc<TierConfig>, ConfigUnavailable>;
+/// Where the waiters of a cold load watch for its result.
+type ColdWatch = tokio::sync::watch::Receiver<Option<Loaded>>;
 
 /// The tier-config cache. Cheap to clone: clones share one cache.
 #[derive(Clone)]
@@ -145,6 +158,7 @@ impl TierConfigCacheBuilder {
                 ttl: self.ttl,
                 snapshot: ArcSwapOption::empty(),
                 flight: tokio::sync::Mutex::new(()),
+                cold: Mutex::new(None),
                 refreshing: AtomicBool::new(false),
                 spacing: Mutex::new(Spacing::default()),
             }),
@@ -201,6 +215,8 @@ struct Inner {
     snapshot: ArcSwapOption<Snapshot>,
     /// Single flight: held by the one task fetching for this process.
     flight: tokio::sync::Mutex<()>,
+    /// The cold load in progress, if any: its task's result, for waiters.
+    cold: Mutex<Option<ColdWatch>>,
     refreshing: AtomicBool,
     spacing: Mutex<Spacing>,
 }
@@ -286,7 +302,57 @@ impl TierConfigCache {
 }
 
 impl Inner {
-    async fn load_cold(self: Arc<Self>) -> Result<Arc<TierConfig>, ConfigUnavailable> {
+    /// Waits for the cold load of this process, starting it when none runs.
+    /// The load runs in a task of its own, so dropping this future (a
+    /// client that went away) leaves it running for the other waiters.
+    async fn load_cold(self: Arc<Self>) -> Loaded {
+        let mut watch = self.join_cold()?;
+        let loaded = match watch.wait_for(Option::is_some).await {
+            Ok(loaded) => loaded.clone(),
+            Err(_) => None,
+        };
+        loaded.unwrap_or_else(|| {
+            Err(ConfigUnavailable::new(
+                SPACING_INITIAL,
+                "the tier-config fetch was cancelled",
+            ))
+        })
+    }
+
+    /// The watch of the cold load in progress, or of a new one.
+    fn join_cold(self: &Arc<Self>) -> Result<ColdWatch, ConfigUnavailable> {
+        let unavailable = |why: &str| ConfigUnavailable::new(SPACING_INITIAL, why.to_owned());
+        let mut slot = self
+            .cold
+            .lock()
+            .map_err(|_| unavailable("the tier-config cache is poisoned"))?;
+        // A watch whose sender is gone belongs to a task that died (a panic,
+        // a runtime shutting down): start afresh.
+        if let Some(watch) = slot.as_ref()
+            && watch.has_changed().is_ok()
+        {
+            return Ok(watch.clone());
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| unavailable("the tier-config cache needs a tokio runtime"))?;
+        let (sender, watch) = tokio::sync::watch::channel(None);
+        *slot = Some(watch.clone());
+        let inner = self.clone();
+        runtime.spawn(async move {
+            let loaded = inner.cold_fetch().await;
+            // Later lookups find the snapshot (or start a new load): this
+            // one's waiters already hold the watch.
+            if let Ok(mut slot) = inner.cold.lock() {
+                *slot = None;
+            }
+            let _ = sender.send(Some(loaded));
+        });
+        Ok(watch)
+    }
+
+    /// The body of a cold load: under the flight, the snapshot if someone
+    /// loaded it meanwhile, else the store or Zion.
+    async fn cold_fetch(&self) -> Loaded {
         let _flight = self.flight.lock().await;
         // Whoever held the flight before us may have loaded it.
         if let Some(snap) = self.snapshot.load_full() {
@@ -348,8 +414,28 @@ impl Inner {
     }
 
     /// Loads a config from the store (when it has more than `min_left` left)
-    /// or from Zion, installs it and returns it. Call with the flight held.
+    /// or from Zion, installs it and returns it, within twice the Zion
+    /// timeout plus [`FETCH_SLACK`] (a store that hangs cannot hold the
+    /// flight, or the cache, for ever). Call with the flight held.
     async fn fetch(
+        &self,
+        min_left: Duration,
+    ) -> Result<(Arc<TierConfig>, Source), ConfigUnavailable> {
+        let bound = self
+            .zion
+            .timeout()
+            .saturating_mul(2)
+            .saturating_add(FETCH_SLACK);
+        match tokio::time::timeout(bound, self.fetch_unbounded(min_left)).await {
+            Ok(result) => result,
+            Err(_) => Err(ConfigUnavailable::new(
+                self.record_failure(),
+                "fetching the tier config took too long",
+            )),
+        }
+    }
+
+    async fn fetch_unbounded(
         &self,
         min_left: Duration,
     ) -> Result<(Arc<TierConfig>, Source), ConfigUnavailable> {
@@ -378,9 +464,13 @@ impl Inner {
             }
         }
 
+        let lock = locked.then(|| HeldLock {
+            store: self.store.clone(),
+            token: Some(token),
+        });
         let result = self.fetch_from_zion().await.map(|c| (c, Source::Zion));
-        if locked && let Err(e) = self.store.unlock(token).await {
-            store_error("unlock", &e);
+        if let Some(lock) = lock {
+            lock.release().await;
         }
         result
     }
@@ -468,6 +558,42 @@ impl Inner {
         if let Ok(mut spacing) = self.spacing.lock() {
             *spacing = Spacing::default();
         }
+    }
+}
+
+/// The store's fetch lock, while this process holds it. Released with
+/// [`release`](Self::release); dropped unreleased (the fetch was cut short),
+/// it is released in the background rather than left to expire.
+struct HeldLock {
+    store: Arc<dyn ConfigStore>,
+    /// `None` once released.
+    token: Option<u64>,
+}
+
+impl HeldLock {
+    async fn release(mut self) {
+        if let Some(token) = self.token.take()
+            && let Err(e) = self.store.unlock(token).await
+        {
+            store_error("unlock", &e);
+        }
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        runtime.spawn(async move {
+            if let Err(e) = store.unlock(token).await {
+                store_error("unlock", &e);
+            }
+        });
     }
 }
 

@@ -5,6 +5,15 @@
 //! and come back after Redis restarts. A command sent while Redis is down
 //! fails after the command timeout, and callers go on without Redis.
 //!
+//! fred's command buffer (the queue in front of each connection) is bounded
+//! ([`RedisSettings::command_buffer`], 1024 commands per connection): while
+//! a connection cannot take commands (it reconnects, or its socket is full
+//! because Redis hangs), a command beyond the bound fails at once with a
+//! backpressure error instead of growing memory. A command still queued
+//! when its timeout elapses is never written. Components that must never
+//! see a given-up command take effect later (the session store and the
+//! shared breakers of `sentinel-layer`) add their own bounds on top.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -34,6 +43,7 @@ pub struct RedisSettings {
     pool_size: usize,
     command_timeout: Duration,
     connect_timeout: Duration,
+    command_buffer: usize,
 }
 
 impl fmt::Debug for RedisSettings {
@@ -43,6 +53,7 @@ impl fmt::Debug for RedisSettings {
             .field("pool_size", &self.pool_size)
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("command_buffer", &self.command_buffer)
             .finish_non_exhaustive()
     }
 }
@@ -54,6 +65,8 @@ impl RedisSettings {
     pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
     /// Default connect timeout: 2 s.
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Default bound of each connection's command buffer: 1024 commands.
+    pub const DEFAULT_COMMAND_BUFFER: usize = 1024;
 
     /// Settings for the Redis at `url` (`redis://[:password@]host:port[/db]`).
     pub fn new(url: impl Into<String>) -> Self {
@@ -62,6 +75,7 @@ impl RedisSettings {
             pool_size: Self::DEFAULT_POOL_SIZE,
             command_timeout: Self::DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            command_buffer: Self::DEFAULT_COMMAND_BUFFER,
         }
     }
 
@@ -80,6 +94,13 @@ impl RedisSettings {
     /// The longest a connection attempt may take.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// The most commands queued in front of each connection (at least 1);
+    /// beyond it a command fails at once with a backpressure error.
+    pub fn command_buffer(mut self, commands: usize) -> Self {
+        self.command_buffer = commands.max(1);
         self
     }
 }
@@ -115,6 +136,7 @@ pub fn connect(settings: &RedisSettings) -> Result<Pool, RedisConnectError> {
             c.connection_timeout = settings.connect_timeout;
             c.internal_command_timeout = settings.command_timeout.max(Duration::from_secs(1));
             c.max_command_attempts = 1;
+            c.max_command_buffer_len = settings.command_buffer.max(1);
         })
         // Reconnect forever: 50 ms, doubling, at most 2 s between attempts.
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))

@@ -205,3 +205,80 @@ async fn a_zero_ttl_is_rejected() {
         .build();
     assert!(result.is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_fetch_outlives_its_caller_and_serves_the_next_waiters() {
+    let zion = MockZion::start().await.unwrap();
+    zion.set_fault(ZionFault::Delay(Duration::from_secs(1)));
+    let cache = memory_cache(&zion);
+
+    // The first caller goes away 100 ms into the fetch.
+    let first = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+
+    // Callers that come later wait for the same fetch, not a new one.
+    let mut waiters = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let cache = cache.clone();
+        waiters.spawn(async move { cache.get().await.map(|c| c.version().map(str::to_owned)) });
+    }
+    let started = tokio::time::Instant::now();
+    while let Some(result) = waiters.join_next().await {
+        assert_eq!(result.unwrap().unwrap().as_deref(), Some("mock-1"));
+    }
+    // The rest of the first fetch's second, not a second of their own.
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(zion.calls(), 1);
+}
+
+/// A memory store whose writes never finish, counting unlocks.
+struct HangingPut {
+    inner: MemoryStore,
+    unlocks: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl sentinel_zion::ConfigStore for HangingPut {
+    fn get(&self) -> sentinel_zion::store::StoreFuture<'_, Option<sentinel_zion::Stored>> {
+        self.inner.get()
+    }
+    fn put(&self, _: String, _: Duration) -> sentinel_zion::store::StoreFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
+    fn try_lock(&self, token: u64, hold: Duration) -> sentinel_zion::store::StoreFuture<'_, bool> {
+        self.inner.try_lock(token, hold)
+    }
+    fn unlock(&self, token: u64) -> sentinel_zion::store::StoreFuture<'_, ()> {
+        self.unlocks
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.unlock(token)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fetch_cut_short_by_its_bound_releases_its_lock() {
+    use sentinel_zion::ConfigStore;
+    let zion = MockZion::start().await.unwrap();
+    let memory = MemoryStore::new();
+    let unlocks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let store = HangingPut {
+        inner: memory.clone(),
+        unlocks: unlocks.clone(),
+    };
+    let cache = cache(&zion, TTL, Arc::new(store), TIMEOUT);
+
+    // The store never finishes writing: the fetch is cut short at twice the
+    // Zion timeout plus 5 s, and the lookup fails instead of hanging.
+    let started = tokio::time::Instant::now();
+    let err = cache.get().await.unwrap_err();
+    assert!(err.reason().contains("too long"), "{err}");
+    assert_eq!(started.elapsed(), 2 * TIMEOUT + Duration::from_secs(5));
+    // The lock it held is released in the background, not left to expire.
+    settle().await;
+    assert_eq!(unlocks.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(memory.try_lock(7, Duration::from_secs(1)).await.unwrap());
+}

@@ -192,3 +192,46 @@ async fn an_invalid_config_in_redis_is_ignored_and_replaced_from_zion() {
     assert_eq!(version(&cache).await, "mock-1");
     assert_eq!(zion.calls(), 1);
 }
+
+#[tokio::test]
+async fn a_caller_that_goes_away_mid_fetch_leaves_no_lock_behind() {
+    let redis = RedisServer::start().unwrap();
+    let zion = MockZion::start().await.unwrap();
+    zion.set_fault(ZionFault::Delay(Duration::from_millis(800)));
+    // Zion timeout 5 s: the lock is taken for 5 s (PX).
+    let hold = Duration::from_secs(5);
+    let a = cache(&zion, Duration::from_secs(60), store(&redis), hold);
+
+    // The first lookup's caller goes away (its client disconnected) while
+    // the fetch waits on Zion, holding the cross-replica lock.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), a.get())
+            .await
+            .is_err()
+    );
+    let dropped_at = Instant::now();
+    assert!(
+        !redis.query(&["GET", LOCK]).unwrap().is_nil(),
+        "the fetch holds the lock"
+    );
+
+    // The fetch is the cache's, not the caller's: it goes on, stores the
+    // config and releases the lock, long before the lock's 5 s.
+    assert!(
+        eventually(Duration::from_secs(3), async || redis
+            .query(&["GET", LOCK])
+            .unwrap()
+            .is_nil())
+        .await,
+        "the lock was left to expire"
+    );
+    assert_eq!(redis.query(&["EXISTS", KEY]).unwrap().as_integer(), Some(1));
+
+    // Another replica finds the config in Redis at once, and this one holds
+    // it: one Zion call in all.
+    let b = cache(&zion, Duration::from_secs(60), store(&redis), hold);
+    assert_eq!(version(&b).await, "mock-1");
+    assert_eq!(version(&a).await, "mock-1");
+    assert!(dropped_at.elapsed() < Duration::from_secs(3));
+    assert_eq!(zion.calls(), 1);
+}

@@ -14,20 +14,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::Pool;
-use fred::interfaces::KeysInterface;
-use fred::types::Expiration;
 use tokio::time::Instant;
 
 use super::state::Breakers;
+use crate::bounded_redis::{BoundedRedis, guarded_script};
 use crate::metrics as m;
 
 /// How often a replica reads the shared open state.
 pub(crate) const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Where the shared open state lives.
+/// Opens (`ARGV[2]` = the wait in ms) or closes (`ARGV[2]` = '') the
+/// shared state of the model at KEYS[1], unless past the deadline in
+/// `ARGV[1]`. Returns `{now, 1}`.
+const PUBLISH: &str = guarded_script!(
+    r#"
+if ARGV[2] ~= '' then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+else
+  redis.call('DEL', KEYS[1])
+end
+return {now, 1}
+"#
+);
+
+/// Where the shared open state lives. Every command has the timeout given
+/// to [`new`](Self::new) (the layer's session wait), and a publication
+/// given up never takes effect later (see [`crate::bounded_redis`]).
 #[derive(Clone)]
 pub(crate) struct SharedOpenState {
-    pool: Pool,
+    redis: BoundedRedis,
     prefix: Arc<str>,
 }
 
@@ -35,6 +50,7 @@ impl fmt::Debug for SharedOpenState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedOpenState")
             .field("prefix", &self.prefix)
+            .field("timeout", &self.redis.timeout())
             .finish_non_exhaustive()
     }
 }
@@ -45,9 +61,11 @@ fn fallback(op: &'static str, e: &fred::error::Error) {
 }
 
 impl SharedOpenState {
-    pub(crate) fn new(pool: Pool, prefix: &str) -> Self {
+    /// Shared state under `{prefix}breaker:`, each command given up after
+    /// `timeout`.
+    pub(crate) fn new(pool: Pool, prefix: &str, timeout: Duration) -> Self {
         SharedOpenState {
-            pool,
+            redis: BoundedRedis::new(pool, timeout, "breakers"),
             prefix: prefix.into(),
         }
     }
@@ -58,33 +76,24 @@ impl SharedOpenState {
 
     /// Writes the open state, in the background.
     pub(crate) fn publish_open(&self, provider: &str, model: &str, wait: Duration) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let key = self.key(provider, model);
-        let pool = self.pool.clone();
-        let ms = i64::try_from(wait.as_millis().max(1)).unwrap_or(i64::MAX);
-        runtime.spawn(async move {
-            let result: Result<(), _> = pool
-                .set(key, "1", Some(Expiration::PX(ms)), None, false)
-                .await;
-            if let Err(e) = result {
-                fallback("publish_open", &e);
-            }
-        });
+        let ms = wait.as_millis().max(1).to_string();
+        self.publish("publish_open", self.key(provider, model), ms);
     }
 
     /// Deletes the open state, in the background.
     pub(crate) fn publish_closed(&self, provider: &str, model: &str) {
+        self.publish("publish_closed", self.key(provider, model), String::new());
+    }
+
+    fn publish(&self, op: &'static str, key: String, wait_ms: String) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let key = self.key(provider, model);
-        let pool = self.pool.clone();
+        let redis = self.redis.clone();
         runtime.spawn(async move {
-            let result: Result<i64, _> = pool.del(key).await;
-            if let Err(e) = result {
-                fallback("publish_closed", &e);
+            // A late publication did nothing; the next sync reads the truth.
+            if let Err(e) = redis.eval(PUBLISH, key, vec![wait_ms]).await {
+                fallback(op, &e);
             }
         });
     }
@@ -92,17 +101,17 @@ impl SharedOpenState {
     /// Reads the open state of `models` and applies it to `breakers`.
     pub(crate) async fn sync(&self, breakers: &Breakers, models: &[(Arc<str>, Arc<str>)]) {
         if models.is_empty() {
+            // No config yet: learn Redis's clock meanwhile, so that the
+            // first opening goes out in one round trip.
+            if !self.redis.knows_the_clock()
+                && let Err(e) = self.redis.calibrate().await
+            {
+                fallback("sync", &e);
+            }
             return;
         }
-        let pipeline = self.pool.next().pipeline();
-        for (provider, model) in models {
-            let queued: Result<(), _> = pipeline.pttl(self.key(provider, model)).await;
-            if let Err(e) = queued {
-                fallback("sync", &e);
-                return;
-            }
-        }
-        let ttls: Vec<i64> = match pipeline.all().await {
+        let keys = models.iter().map(|(p, m)| self.key(p, m)).collect();
+        let ttls = match self.redis.pttl_many(keys).await {
             Ok(ttls) => ttls,
             Err(e) => {
                 fallback("sync", &e);

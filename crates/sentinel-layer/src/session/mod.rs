@@ -35,6 +35,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use sentinel_core::Pinned;
 
@@ -71,6 +72,15 @@ pub trait SessionStore: Send + Sync + 'static {
     /// higher tier (never a downgrade); equal tiers are replaced (a failover
     /// within the tier). Extends the TTL. Returns the pin in force after.
     fn repin<'a>(&'a self, session: &'a str, pin: &'a Pinned) -> SessionFuture<'a, Option<Pinned>>;
+
+    /// How long a caller waits for a call. The routing layer calls this with
+    /// its session wait when it is built. A store whose calls can outlive
+    /// their caller (a network store) gives each call up after `timeout`, so
+    /// that a call the layer stopped waiting for never takes effect later
+    /// ([`RedisSessionStore`] does). The default does nothing.
+    fn set_call_timeout(&self, timeout: Duration) {
+        let _ = timeout;
+    }
 }
 
 /// A session store operation failed (Redis unreachable, timed out, ...).

@@ -6,21 +6,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::Pool;
-use fred::interfaces::LuaInterface;
 use fred::types::Value;
 use sentinel_core::{Pinned, Tier};
 
 use super::{PinOutcome, SessionError, SessionFuture, SessionStore};
+use crate::bounded_redis::{BoundedRedis, Guarded, guarded_script};
 
 /// Reads the pin and, when the candidate is an upgrade (or there is no pin),
 /// writes the candidate; otherwise slides the TTL of the pin in force.
 ///
-/// KEYS[1]: the session key. ARGV[1]: TTL in ms. ARGV[2]: the candidate's
-/// encoded value, or '' for none. ARGV[3]: the candidate's tier index.
-/// Returns `{previous, current}`, '' meaning none (a Lua `nil` inside a
+/// KEYS[1]: the session key. ARGV[1]: the deadline (see
+/// [`guarded_script!`]). ARGV[2]: TTL in ms. ARGV[3]: the candidate's
+/// encoded value, or '' for none. ARGV[4]: the candidate's tier index.
+/// Returns `{now, previous, current}`, '' meaning none (a Lua `nil` inside a
 /// table would truncate it). A value that is not a pin (written by someone
 /// else, or not a string) counts as none and is overwritten when pinning.
-const PIN_OR_GET: &str = r#"
+const PIN_OR_GET: &str = guarded_script!(
+    r#"
 local key = KEYS[1]
 local prev = redis.pcall('GET', key)
 local prev_tier = nil
@@ -30,37 +32,41 @@ end
 if prev_tier == nil then
   prev = ''
 end
-local cand = ARGV[2]
+local cand = ARGV[3]
 if cand ~= '' then
-  if prev_tier == nil or prev_tier < tonumber(ARGV[3]) then
-    redis.call('SET', key, cand, 'PX', ARGV[1])
-    return {prev, cand}
+  if prev_tier == nil or prev_tier < tonumber(ARGV[4]) then
+    redis.call('SET', key, cand, 'PX', ARGV[2])
+    return {now, prev, cand}
   end
 end
 if prev_tier ~= nil then
-  redis.call('PEXPIRE', key, ARGV[1])
+  redis.call('PEXPIRE', key, ARGV[2])
 end
-return {prev, prev}
-"#;
+return {now, prev, prev}
+"#
+);
 
 /// Replaces the pin unless the pin in force has a higher tier, and slides
 /// the TTL either way.
 ///
-/// KEYS[1]: the session key. ARGV[1]: TTL in ms. ARGV[2]: the new pin's
-/// encoded value. ARGV[3]: its tier index. Returns the value in force.
-const REPIN: &str = r#"
+/// KEYS[1]: the session key. ARGV[1]: the deadline. ARGV[2]: TTL in ms.
+/// ARGV[3]: the new pin's encoded value. ARGV[4]: its tier index. Returns
+/// `{now, value in force}`.
+const REPIN: &str = guarded_script!(
+    r#"
 local key = KEYS[1]
 local prev = redis.pcall('GET', key)
 if type(prev) == 'string' then
   local prev_tier = tonumber(string.match(prev, '^([012])\n[^%c]+\n[^%c]+$'))
-  if prev_tier ~= nil and prev_tier > tonumber(ARGV[3]) then
-    redis.call('PEXPIRE', key, ARGV[1])
-    return prev
+  if prev_tier ~= nil and prev_tier > tonumber(ARGV[4]) then
+    redis.call('PEXPIRE', key, ARGV[2])
+    return {now, prev}
   end
 end
-redis.call('SET', key, ARGV[2], 'PX', ARGV[1])
-return ARGV[2]
-"#;
+redis.call('SET', key, ARGV[3], 'PX', ARGV[2])
+return {now, ARGV[3]}
+"#
+);
 
 /// The longest session TTL; longer ones are clamped to it (ten years).
 const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
@@ -76,9 +82,18 @@ const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 ///
 /// A key holding anything else (written by another program) counts as no
 /// pin and is overwritten by the next pin. Errors carry fred's error details
-/// only, never the Redis URL or password. Give the pool a command timeout
-/// (fred's default waits forever) so that an unreachable Redis fails calls
-/// instead of hanging them.
+/// only, never the Redis URL or password.
+///
+/// Every call gives up after the call timeout (the routing layer sets it to
+/// its session wait through [`SessionStore::set_call_timeout`]; used alone,
+/// [`DEFAULT_CALL_TIMEOUT`], 500 ms) and a call given up never takes
+/// effect later: it has its own fred timeout, one attempt and fails at once
+/// while the connection is down; its script carries a deadline in Redis's
+/// clock and does nothing when it reaches Redis after it (a Redis that hung
+/// and resumed, a command buffered in a socket); a connection that stops
+/// answering is replaced. Clones share the timeout.
+///
+/// [`DEFAULT_CALL_TIMEOUT`]: RedisSessionStore::DEFAULT_CALL_TIMEOUT
 ///
 /// # Example
 ///
@@ -107,20 +122,24 @@ const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 /// ```
 #[derive(Clone)]
 pub struct RedisSessionStore {
-    pool: Pool,
+    redis: BoundedRedis,
     prefix: Arc<str>,
     /// The TTL in milliseconds, at least 1.
     ttl_ms: u64,
 }
 
 impl RedisSessionStore {
+    /// The call timeout until [`SessionStore::set_call_timeout`] changes it
+    /// (the routing layer does, to its session wait): 500 ms.
+    pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(500);
+
     /// A store over `pool` whose keys are `{prefix}session:{id}` (the proxy
     /// uses the prefix `sentinel:`) and whose sessions expire after `ttl`
     /// without use (at least 1 ms and at most ten years: TTLs outside are
     /// clamped).
     pub fn new(pool: Pool, prefix: &str, ttl: Duration) -> Self {
         RedisSessionStore {
-            pool,
+            redis: BoundedRedis::new(pool, Self::DEFAULT_CALL_TIMEOUT, "sessions"),
             prefix: Arc::from(format!("{prefix}session:")),
             ttl_ms: ttl_ms(ttl),
         }
@@ -135,6 +154,11 @@ impl RedisSessionStore {
     pub fn ttl(&self) -> Duration {
         Duration::from_millis(self.ttl_ms)
     }
+
+    /// The longest a call waits before it is given up.
+    pub fn call_timeout(&self) -> Duration {
+        self.redis.timeout()
+    }
 }
 
 impl fmt::Debug for RedisSessionStore {
@@ -143,6 +167,7 @@ impl fmt::Debug for RedisSessionStore {
         f.debug_struct("RedisSessionStore")
             .field("prefix", &&*self.prefix)
             .field("ttl", &self.ttl())
+            .field("call_timeout", &self.call_timeout())
             .finish_non_exhaustive()
     }
 }
@@ -158,25 +183,20 @@ impl SessionStore for RedisSessionStore {
                 Some(c) => (encode(c), c.tier.index().to_string()),
                 None => (String::new(), String::new()),
             };
-            let reply: Value = self
-                .pool
+            let reply = self
+                .redis
                 .eval(
                     PIN_OR_GET,
-                    vec![self.key(session)],
+                    self.key(session),
                     vec![self.ttl_ms.to_string(), value, tier],
                 )
                 .await
                 .map_err(redis_err("pin"))?;
-            match reply {
-                Value::Array(items) => match items.as_slice() {
-                    [previous, current] => Ok(PinOutcome {
-                        previous: decode_value(previous),
-                        current: decode_value(current),
-                    }),
-                    _ => Err(SessionError::new(
-                        "redis session pin: unexpected reply from the script",
-                    )),
-                },
+            match ran(reply, "pin")?.as_slice() {
+                [previous, current] => Ok(PinOutcome {
+                    previous: decode_value(previous),
+                    current: decode_value(current),
+                }),
                 _ => Err(SessionError::new(
                     "redis session pin: unexpected reply from the script",
                 )),
@@ -186,11 +206,11 @@ impl SessionStore for RedisSessionStore {
 
     fn repin<'a>(&'a self, session: &'a str, pin: &'a Pinned) -> SessionFuture<'a, Option<Pinned>> {
         Box::pin(async move {
-            let reply: Value = self
-                .pool
+            let reply = self
+                .redis
                 .eval(
                     REPIN,
-                    vec![self.key(session)],
+                    self.key(session),
                     vec![
                         self.ttl_ms.to_string(),
                         encode(pin),
@@ -199,8 +219,27 @@ impl SessionStore for RedisSessionStore {
                 )
                 .await
                 .map_err(redis_err("repin"))?;
-            Ok(decode_value(&reply))
+            match ran(reply, "repin")?.as_slice() {
+                [current] => Ok(decode_value(current)),
+                _ => Err(SessionError::new(
+                    "redis session repin: unexpected reply from the script",
+                )),
+            }
         })
+    }
+
+    fn set_call_timeout(&self, timeout: Duration) {
+        self.redis.set_timeout(timeout);
+    }
+}
+
+/// The reply of a script that ran; an error for one that arrived late.
+fn ran(reply: Guarded, op: &'static str) -> Result<Vec<Value>, SessionError> {
+    match reply {
+        Guarded::Ran(items) => Ok(items),
+        Guarded::Late => Err(SessionError::new(format!(
+            "redis session {op}: the call reached Redis after its deadline and was dropped"
+        ))),
     }
 }
 

@@ -147,7 +147,10 @@ impl TierRoutingLayerBuilder {
     }
 
     /// The longest a request waits for the session store before it is
-    /// served without pinning (default 50 ms).
+    /// served without pinning (default 50 ms). Also the timeout of every
+    /// Redis command of the session store
+    /// ([`SessionStore::set_call_timeout`]) and of the shared breakers, so
+    /// that a command given up never takes effect later.
     pub fn session_wait(mut self, wait: Duration) -> Self {
         self.session_wait = wait;
         self
@@ -314,7 +317,7 @@ impl TierRoutingLayerBuilder {
             .unwrap_or_default();
         let shared_state = self
             .shared_breakers
-            .map(|(pool, prefix)| SharedOpenState::new(pool, &prefix));
+            .map(|(pool, prefix)| SharedOpenState::new(pool, &prefix, self.session_wait));
         let breakers = Arc::new(Breakers::new(
             BreakerSettings {
                 threshold: self.threshold.max(1),
@@ -329,9 +332,12 @@ impl TierRoutingLayerBuilder {
         Shared::new(
             self.source,
             Arc::new(Selector::new(breakers, rng)),
-            self.sessions.map(|store| Sessions {
-                store,
-                wait: self.session_wait,
+            self.sessions.map(|store| {
+                store.set_call_timeout(self.session_wait);
+                Sessions {
+                    store,
+                    wait: self.session_wait,
+                }
             }),
             self.routes,
             (self.body_limit.max(1), self.body_timeout),
