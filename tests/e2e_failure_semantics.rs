@@ -436,3 +436,33 @@ async fn usage_is_charged_only_to_the_model_that_answered() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_answer_resets_the_failure_count() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    zion.set_config(config("consecutive", false));
+    let (a, _) = models("consecutive");
+    let proxy = proxy(&upstream, &zion, 3).await;
+    let fail = UpstreamFault::Status {
+        status: 500,
+        retry_after: None,
+    };
+    // Three failures, but not in a row: a JSON answer (a body of known
+    // length, which the server stops polling at its last byte) in between.
+    upstream.set_fault_times(&a, fail.clone(), 1);
+    proxy
+        .chat(&chat_body(Some("simple")))
+        .await
+        .assert_error(502, "upstream_failed");
+    assert_eq!(proxy.chat(&chat_body(Some("simple"))).await.status, 200);
+    upstream.set_fault_times(&a, fail, 2);
+    for _ in 0..2 {
+        proxy
+            .chat(&chat_body(Some("simple")))
+            .await
+            .assert_error(502, "upstream_failed");
+    }
+    assert_eq!(opened(&proxy.metrics().await, &a), 0.0, "not consecutive");
+    assert_eq!(proxy.chat(&chat_body(Some("simple"))).await.status, 200);
+}

@@ -11,7 +11,7 @@
 //! | `sentinel_breaker_transitions_total` | counter | `scope` (`model`, `provider`), `name`, `to` (`open`, `closed`) | circuit-breaker transitions |
 //! | `sentinel_models_open` | gauge | | model breakers open right now in this process |
 //! | `sentinel_health_checks_total` | counter | `provider`, `result` (`up`, `down`, `inconclusive`) | active health-check probes |
-//! | `sentinel_model_probes_total` | counter | `provider`, `model`, `result` (`up`, `down`) | background probes of open models (early recovery) |
+//! | `sentinel_model_probes_total` | counter | `provider`, `model`, `result` (`up`, `down`, `inconclusive`) | background probes of open models (early recovery) |
 //! | `sentinel_session_upgrades_total` | counter | `from`, `to` | sessions moved to a higher tier |
 //! | `sentinel_redis_fallbacks_total` | counter | `component` (`sessions`, `breakers`) | Redis calls that failed or timed out; the request went on without them |
 //! | `sentinel_redis_late_commands_total` | counter | `component` | Redis commands that reached Redis after their deadline and did nothing there (seen by a caller still waiting: a clock step between hosts) |

@@ -5,11 +5,12 @@
 //! request through a [`ModelProbeClient`] (the proxy sends one short user
 //! message with `max_tokens: 1`) every `interval` (10 s by default): the
 //! first one interval after the breaker opened, and never before a
-//! `Retry-After` the provider gave has passed. An answer that a real
-//! request would not count against the model (a `2xx`, or a `4xx` but
-//! `429`: the model is serving) closes the breaker and resets its backoff
-//! at once; a timeout, `429` or `5xx` changes nothing, and real traffic
-//! keeps the seed's schedule (30 s, doubling, at most 5 min). The
+//! `Retry-After` the provider gave has passed. A `2xx` closes the breaker
+//! and resets its backoff at once (unless it moved on while the probe ran);
+//! anything else changes nothing (a `4xx` but `429`, such as a model that
+//! refuses the probe's `max_tokens`, is counted as `inconclusive`), and
+//! real traffic keeps the seed's schedule (30 s, doubling, at most 5 min).
+//! Only models of the current tier config are probed. The
 //! probes are counted in `sentinel_model_probes_total`; what they cost is
 //! the client's to count (the proxy counts their tokens apart).
 //!
@@ -116,7 +117,8 @@ impl ModelProbes {
 }
 
 /// The probing task: wakes every second (or every interval, when shorter),
-/// probes the models that are due, each in a task of its own.
+/// probes the models of the current config that are due, each in a task of
+/// its own.
 pub(crate) async fn run(shared: Weak<Shared>, probes: ModelProbes) {
     let tick = probes.interval.min(Duration::from_secs(1));
     loop {
@@ -125,23 +127,63 @@ pub(crate) async fn run(shared: Weak<Shared>, probes: ModelProbes) {
             return;
         };
         let breakers = layer.selector.breakers.clone();
+        let config = layer.last_config.load_full();
         drop(layer);
-        for (provider, model) in breakers.due_for_probe(Instant::now(), probes.interval) {
-            let breakers = breakers.clone();
+        // Models no longer in the config are not probed.
+        let Some(config) = config else { continue };
+        let in_config = |p: &str, m: &str| config.models().any(|(_, e)| e.is(p, m));
+        for (provider, model, generation) in
+            breakers.due_for_probe(Instant::now(), probes.interval, in_config)
+        {
+            let run = ProbeRun {
+                breakers: breakers.clone(),
+                provider,
+                model,
+                generation,
+                up: false,
+            };
             let client = probes.client.clone();
             let timeout = probes.timeout;
             tokio::spawn(async move {
-                let result = tokio::time::timeout(timeout, client.probe(&provider, &model)).await;
-                // Judged as a real request's head would be: only what would
-                // count against the model keeps it out.
-                let up = matches!(result, Ok(Ok(status)) if !is_retryable_status(status));
+                let mut run = run;
+                let result =
+                    tokio::time::timeout(timeout, client.probe(&run.provider, &run.model)).await;
+                // Only an answer closes the breaker; a 4xx but 429 (a model
+                // that refuses the probe's shape, say) says nothing.
+                let result_label = match &result {
+                    Ok(Ok(status)) if status.is_success() => "up",
+                    Ok(Ok(status)) if !is_retryable_status(*status) => "inconclusive",
+                    _ => "down",
+                };
+                run.up = result_label == "up";
                 ::metrics::counter!(m::MODEL_PROBES,
-                    "provider" => provider.clone(),
-                    "model" => model.clone(),
-                    "result" => if up { "up" } else { "down" })
+                    "provider" => run.provider.clone(),
+                    "model" => run.model.clone(),
+                    "result" => result_label)
                 .increment(1);
-                breakers.probed(&provider, &model, up, Instant::now());
             });
         }
+    }
+}
+
+/// One background probe: reports its end to the breaker when dropped, so
+/// the breaker's probing flag is cleared whatever happens to the task.
+struct ProbeRun {
+    breakers: Arc<crate::breaker::state::Breakers>,
+    provider: Arc<str>,
+    model: Arc<str>,
+    generation: u64,
+    up: bool,
+}
+
+impl Drop for ProbeRun {
+    fn drop(&mut self) {
+        self.breakers.probed(
+            &self.provider,
+            &self.model,
+            self.generation,
+            self.up,
+            Instant::now(),
+        );
     }
 }

@@ -142,7 +142,13 @@ impl<B, ResBody> Policy<Request<RoutedBody<B>>, Response<ResponseBody<ResBody>>,
             let models = context.config.tier(decision.tier);
             let tried = |m: &sentinel_core::ModelEntry| m.is(&decision.provider, &decision.model);
             let next = match failure {
-                Failure::ContextLength => self.selector.choose_largest_window(models, tried, now),
+                Failure::ContextLength => {
+                    let window = models
+                        .find(&decision.provider, &decision.model)
+                        .and_then(|m| m.context_window());
+                    self.selector
+                        .choose_largest_window(models, tried, window, now)
+                }
                 _ => self.selector.choose(models, tried, now),
             };
             if let Ok((next, ticket)) = next {

@@ -71,18 +71,26 @@ impl Selector {
     }
 
     /// The model with the largest context window among those `exclude`
-    /// keeps and whose breakers let it through, admitted; when none of
-    /// them has a window in the config, the weighted choice.
+    /// keeps and whose breakers let it through, admitted. When the tried
+    /// model's window is known (`tried_window`), only a larger one will do;
+    /// when it is not and no model has a window, the weighted choice.
     pub(crate) fn choose_largest_window<'c>(
         &self,
         models: &'c TierModels,
         exclude: impl Fn(&ModelEntry) -> bool,
+        tried_window: Option<u64>,
         now: Instant,
     ) -> Result<(&'c ModelEntry, Ticket), NoModel> {
         let mut candidates: Vec<&ModelEntry> = models
             .models()
             .iter()
-            .filter(|m| m.context_window().is_some() && !exclude(m) && self.available(m, now))
+            .filter(|m| {
+                // Larger than the window the prompt did not fit, when known.
+                m.context_window()
+                    .is_some_and(|w| tried_window.is_none_or(|t| w > t))
+                    && !exclude(m)
+                    && self.available(m, now)
+            })
             .collect();
         // Largest first; the cheaper model on a tie.
         candidates.sort_by_key(|m| (std::cmp::Reverse(m.context_window()), m.relative_cost()));
@@ -90,6 +98,10 @@ impl Selector {
             if let Ok(ticket) = self.admit(m, now) {
                 return Ok((m, ticket));
             }
+        }
+        if tried_window.is_some() {
+            // No model known to be larger: another try would fail the same way.
+            return Err(NoModel::Empty);
         }
         self.choose(models, exclude, now)
     }

@@ -31,6 +31,8 @@ pub const UNKNOWN_PROVIDER_MODELS: &str = "sentinel_unknown_provider_models_tota
 pub const HTTP_REQUESTS: &str = "sentinel_http_requests_total";
 /// Tokens spent by background model probes (early recovery).
 pub const PROBE_TOKENS: &str = "sentinel_probe_tokens_total";
+/// Cost of the tokens spent by background model probes, in micro-USD.
+pub const PROBE_COST_MICRO_USD: &str = "sentinel_probe_cost_micro_usd_total";
 /// Client connections open right now.
 pub const CONNECTIONS_OPEN: &str = "sentinel_connections_open";
 /// Requests shed at once because the in-flight cap was reached.
@@ -101,6 +103,10 @@ fn describe() {
         "HTTP requests answered by the proxy, by status class."
     );
     metrics::describe_gauge!(CONNECTIONS_OPEN, "Client connections open right now.");
+    describe_counter!(
+        PROBE_COST_MICRO_USD,
+        "Cost of the tokens spent by background model probes, in millionths of a US dollar."
+    );
     describe_counter!(
         PROBE_TOKENS,
         "Tokens spent by background probes of open models, by provider, model and kind."

@@ -151,6 +151,7 @@ impl Framer {
     /// its blank line is passed on as it is; a client drops it).
     pub(crate) fn finish(&mut self) -> Option<Bytes> {
         let rest = std::mem::take(&mut self.pending).freeze();
+        self.note_sequence(&rest);
         let hidden = self.hide_usage && is_usage_only(&rest);
         (!rest.is_empty() && !hidden).then_some(rest)
     }
@@ -204,14 +205,7 @@ impl Framer {
     /// last `"sequence_number":N` (Responses API).
     fn note_sequence(&mut self, out: &[u8]) {
         if !self.complete {
-            self.complete = match self.api {
-                Api::Chat => contains(out, b"[DONE]"),
-                Api::Responses => {
-                    contains(out, b"response.completed")
-                        || contains(out, b"response.incomplete")
-                        || contains(out, b"response.failed")
-                }
-            };
+            self.complete = ends_the_stream(self.api, out);
         }
         if self.api == Api::Responses
             && let Some(n) = last_sequence_number(out)
@@ -219,6 +213,29 @@ impl Framer {
             self.last_sequence = Some(self.last_sequence.map_or(n, |m| m.max(n)));
         }
     }
+}
+
+/// Whether events carry the stream's own end: a `data: [DONE]` line (chat
+/// completions), or an `event:` line naming `response.completed`,
+/// `response.incomplete` or `response.failed` (Responses API). Read line by
+/// line, so text that merely quotes a marker does not count.
+fn ends_the_stream(api: Api, events: &[u8]) -> bool {
+    if !(contains(events, b"[DONE]") || contains(events, b"event:")) {
+        return false;
+    }
+    events
+        .split(|&b| b == b'\n' || b == b'\r')
+        .any(|line| match api {
+            Api::Chat => line
+                .strip_prefix(b"data:")
+                .is_some_and(|p| p.trim_ascii() == b"[DONE]"),
+            Api::Responses => line.strip_prefix(b"event:").is_some_and(|e| {
+                matches!(
+                    e.trim_ascii(),
+                    b"response.completed" | b"response.incomplete" | b"response.failed"
+                )
+            }),
+        })
 }
 
 /// The events of `whole` (ending at `boundaries`) minus the usage-only

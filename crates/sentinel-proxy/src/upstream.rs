@@ -337,7 +337,8 @@ impl Upstream {
             last_data: Instant::now(),
             done: false,
             usage,
-            framer: sse.then(|| sse::Framer::new(api, hide_usage)),
+            // Only an answer is framed: a 4xx event stream passes as it is.
+            framer: (sse && parts.status.is_success()).then(|| sse::Framer::new(api, hide_usage)),
             ready: VecDeque::new(),
             report: Reported(report),
         };
@@ -380,8 +381,10 @@ impl Upstream {
 
 impl sentinel_layer::recovery::ModelProbeClient for Upstream {
     /// `POST {base}/chat/completions` with one short user message and
-    /// `max_tokens: 1`, the provider's key, bounded by the first-byte
-    /// timeout; its tokens are counted in `sentinel_probe_tokens_total`.
+    /// `max_tokens: 1` and the provider's key (bounded by the probes'
+    /// timeout, and by the first-byte timeout); its tokens are counted in
+    /// `sentinel_probe_tokens_total` and their cost in
+    /// `sentinel_probe_cost_micro_usd_total`.
     fn probe(&self, provider: &str, model: &str) -> sentinel_layer::recovery::ProbeFuture {
         let this = self.clone();
         let (provider, model) = (provider.to_owned(), model.to_owned());
@@ -441,6 +444,16 @@ impl Upstream {
             let kind = |kind: &'static str| [&labels[..], &[("kind", kind.to_owned())]].concat();
             ::metrics::counter!(m::PROBE_TOKENS, &kind("input")).increment(input);
             ::metrics::counter!(m::PROBE_TOKENS, &kind("output")).increment(output);
+            let pricing = self.0.config.cached().and_then(|config| {
+                config
+                    .models()
+                    .find(|(_, entry)| entry.is(provider, model))
+                    .and_then(|(_, entry)| entry.pricing())
+            });
+            if let Some(p) = pricing {
+                let micro = (p.cost_usd(input, output) * 1_000_000.0).round() as u64;
+                ::metrics::counter!(m::PROBE_COST_MICRO_USD, &labels).increment(micro);
+            }
         }
         Ok(answer.0)
     }
@@ -893,6 +906,16 @@ impl http_body::Body for UpstreamBody {
                         usage.feed(&data);
                     }
                     let Some(framer) = this.framer.as_mut() else {
+                        if this.inner.is_end_stream() {
+                            // The last byte of a body of known length: the
+                            // server writing it never polls again for the
+                            // end, so the body ends here.
+                            *this.done = true;
+                            this.report.ended();
+                            if let Some(mut usage) = this.usage.take() {
+                                usage.finish();
+                            }
+                        }
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     };
                     match framer.push(data) {
@@ -908,6 +931,7 @@ impl http_body::Body for UpstreamBody {
                     }
                 }
                 Poll::Ready(None) => {
+                    let rest = this.framer.as_mut().and_then(sse::Framer::finish);
                     if this.framer.as_ref().is_some_and(|f| !f.complete()) {
                         // Closed cleanly, but without the stream's own end:
                         // an answer cut short, never presented as complete.
@@ -918,7 +942,7 @@ impl http_body::Body for UpstreamBody {
                     if let Some(mut usage) = this.usage.take() {
                         usage.finish();
                     }
-                    if let Some(rest) = this.framer.as_mut().and_then(sse::Framer::finish) {
+                    if let Some(rest) = rest {
                         return Poll::Ready(Some(Ok(Frame::data(rest))));
                     }
                     return Poll::Ready(None);

@@ -73,14 +73,18 @@ pub(crate) fn is_grpc_unavailable(headers: &HeaderMap) -> bool {
 /// The upstream's `Retry-After`, in delta-seconds or as an HTTP-date (then
 /// the time left until it, zero when it has passed), when it sent one.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    // A day at most: a provider's word is a hint, not a reason to park a
+    // model for years (or to overflow a clock).
+    const CAP: Duration = Duration::from_secs(86_400);
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(CAP));
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(
         at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
+            .unwrap_or(Duration::ZERO)
+            .min(CAP),
     )
 }
 
@@ -284,5 +288,14 @@ mod tests {
         assert_eq!(retry_after(&headers), Some(Duration::ZERO), "a date passed");
         headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&headers), None);
+        headers.insert(
+            header::RETRY_AFTER,
+            http::HeaderValue::from_static("18446744073709551615"),
+        );
+        assert_eq!(
+            retry_after(&headers),
+            Some(Duration::from_secs(86_400)),
+            "capped at a day"
+        );
     }
 }

@@ -303,10 +303,17 @@ impl Breakers {
     ) {
         match outcome {
             Outcome::Success => {
-                if let Some(b) = self.model(provider, model) {
+                // Like a failure, a success speaks for the generation it was
+                // admitted in: a long stream admitted before an opening does
+                // not close it.
+                if let Some(b) = self.model(provider, model)
+                    && b.with(|s| s.generation) == ticket.model.generation
+                {
                     self.close(&b, "model", provider, Some(model));
                 }
-                if let Some(b) = self.provider(provider) {
+                if let Some(b) = self.provider(provider)
+                    && b.with(|s| s.generation) == ticket.provider.generation
+                {
                     self.close(&b, "provider", provider, None);
                 }
             }
@@ -332,18 +339,24 @@ impl Breakers {
         drop(ticket);
     }
 
-    /// The open models due for a background probe at `now`: open at least
-    /// `interval`, not probed in the last `interval`, past any
-    /// `Retry-After`, and not being probed. Each is marked as being probed.
+    /// The open models due for a background probe at `now`, among those
+    /// `keep` names (the current config's): open at least `interval`, not
+    /// probed in the last `interval`, past any `Retry-After`, and not being
+    /// probed. Each is marked as being probed; with each comes the
+    /// generation its probe speaks for.
     pub(crate) fn due_for_probe(
         &self,
         now: Instant,
         interval: Duration,
-    ) -> Vec<(Arc<str>, Arc<str>)> {
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Vec<(Arc<str>, Arc<str>, u64)> {
         let map = self.models.read().unwrap_or_else(|p| p.into_inner());
         let mut due = Vec::new();
         for (provider, models) in map.iter() {
             for (model, breaker) in models {
+                if !keep(provider, model) {
+                    continue;
+                }
                 let claimed = breaker.with(|s| {
                     let ready = s.open_until.is_some()
                         && !s.background_probing
@@ -354,28 +367,37 @@ impl Breakers {
                         s.background_probing = true;
                         s.background_probe = Some(now);
                     }
-                    ready
+                    ready.then_some(s.generation)
                 });
-                if claimed {
-                    due.push((provider.clone(), model.clone()));
+                if let Some(generation) = claimed {
+                    due.push((provider.clone(), model.clone(), generation));
                 }
             }
         }
         due
     }
 
-    /// A background probe of (`provider`, `model`) ended: a success closes
-    /// the model's breaker and resets its backoff; a failure changes nothing.
-    pub(crate) fn probed(&self, provider: &Arc<str>, model: &Arc<str>, up: bool, now: Instant) {
+    /// A background probe of (`provider`, `model`), started in
+    /// `generation`, ended: `up` closes the model's breaker and resets its
+    /// backoff, unless it moved on meanwhile; otherwise nothing changes.
+    pub(crate) fn probed(
+        &self,
+        provider: &Arc<str>,
+        model: &Arc<str>,
+        generation: u64,
+        up: bool,
+        now: Instant,
+    ) {
         let Some(b) = self.model(provider, model) else {
             return;
         };
-        b.with(|s| {
+        let current = b.with(|s| {
             s.background_probing = false;
             // Keep the spacing from the probe's end, not its start.
             s.background_probe = Some(now);
+            s.generation == generation
         });
-        if up {
+        if up && current {
             self.close(&b, "model", provider, Some(model));
         }
     }
@@ -500,7 +522,7 @@ impl Breakers {
                 s.opened_at = Some(now);
             }
             if let Some(floor) = retry_after {
-                s.not_before = Some(now + floor);
+                s.not_before = now.checked_add(floor);
             }
             Some((wait, !was_open))
         });

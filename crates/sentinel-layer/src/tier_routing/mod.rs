@@ -163,8 +163,9 @@ pub(crate) struct Shared {
     pub(crate) body_timeout: Duration,
     health: Option<HealthChecks>,
     probes: Option<ModelProbes>,
-    /// The latest config seen by a request (for the shared-breaker sync).
-    last_config: ArcSwapOption<TierConfig>,
+    /// The latest config seen by a request (for the shared-breaker sync
+    /// and the background probes).
+    pub(crate) last_config: ArcSwapOption<TierConfig>,
     started: AtomicBool,
     tasks: Mutex<Vec<AbortHandle>>,
 }
