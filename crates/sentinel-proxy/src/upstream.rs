@@ -341,6 +341,7 @@ impl Upstream {
             framer: (sse && parts.status.is_success()).then(|| sse::Framer::new(api, hide_usage)),
             ready: VecDeque::new(),
             report: Reported(report),
+            in_band_error: false,
         };
         if sse && parts.status.is_success() {
             // The head waits for the first token: a stream that stalls,
@@ -716,6 +717,8 @@ pin_project_lite::pin_project! {
         ready: VecDeque<Bytes>,
         // How the attempt ended, for its model's breaker.
         report: Reported,
+        // An error event was read before the head went out.
+        in_band_error: bool,
     }
 }
 
@@ -851,6 +854,13 @@ impl UpstreamBody {
             match framer.push(data) {
                 Ok(Some(out)) => {
                     let start = sse::first_token(&out);
+                    if start == sse::Start::Token && sse::carries_error(&out) {
+                        // An error event right after the first token, in
+                        // the same chunk: the provider failed in band. It
+                        // is reported once the head is out (the report is
+                        // armed then).
+                        *this.in_band_error = true;
+                    }
                     this.ready.push_back(out);
                     match start {
                         sse::Start::Token => return Poll::Ready(Ok(())),
@@ -888,6 +898,9 @@ impl http_body::Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
+        if std::mem::take(this.in_band_error) {
+            this.report.failed();
+        }
         if let Some(out) = this.ready.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(out))));
         }

@@ -146,14 +146,24 @@ struct Record {
 impl Record {
     fn finish(self, outcome: Outcome) {
         if outcome == Outcome::Success {
+            let now = Instant::now();
+            let (provider, model) = (self.decision.provider, self.decision.model);
+            let mut ticket = self.ticket;
+            if ticket.is_probe() {
+                // A probe that got its answer closes the breaker now: the
+                // other requests need not wait for the end of its stream.
+                // The rest of the stream is judged in the new generation.
+                self.breakers
+                    .record(&provider, &model, Outcome::Success, ticket, now);
+                match self.breakers.admit(&provider, &model, now) {
+                    Ok(fresh) => ticket = fresh,
+                    // Opened again meanwhile: nothing left to judge.
+                    Err(_) => return,
+                }
+            }
             // A head is not a whole answer: the outcome waits for the
             // attempt's report (a success when its last clone goes).
-            self.report.arm(
-                self.breakers,
-                self.decision.provider,
-                self.decision.model,
-                self.ticket,
-            );
+            self.report.arm(self.breakers, provider, model, ticket);
             return;
         }
         self.breakers.record(

@@ -118,7 +118,6 @@ pub(crate) struct Ticket {
 
 impl Ticket {
     /// Whether the attempt is a probe of either breaker.
-    #[cfg(test)]
     pub(crate) fn is_probe(&self) -> bool {
         self.provider._probe.is_some() || self.model._probe.is_some()
     }
