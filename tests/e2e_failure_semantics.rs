@@ -466,3 +466,52 @@ async fn a_whole_answer_resets_the_failure_count() {
     assert_eq!(opened(&proxy.metrics().await, &a), 0.0, "not consecutive");
     assert_eq!(proxy.chat(&chat_body(Some("simple"))).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_model_is_left_alone_for_its_retry_after() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    zion.set_config(config("no-hammer", false));
+    let (a, _) = models("no-hammer");
+    let proxy = Proxy::start(
+        &Env::new(&upstream)
+            .zion(&zion)
+            .set("SENTINEL_FAILURE_THRESHOLD", "1")
+            .set("SENTINEL_BACKOFF_INITIAL_SECS", "1")
+            .set("SENTINEL_MODEL_PROBE_INTERVAL_SECS", "1"),
+    )
+    .await;
+    upstream.set_fault(
+        &a,
+        UpstreamFault::rate_limited(Some(RetryAfter::Seconds(30))),
+    );
+    let reply = proxy.chat(&chat_body(Some("simple"))).await;
+    reply.assert_error(429, "rate_limited");
+    assert_eq!(reply.retry_after(), 30);
+    // Steady traffic for 2.5 s: neither requests nor background probes
+    // reach the model before its Retry-After (30 s), though the backoff
+    // alone (1 s) and the probe interval (1 s) would have allowed it.
+    for _ in 0..10 {
+        let reply = proxy.chat(&chat_body(Some("simple"))).await;
+        reply.assert_error(503, "all_models_backing_off");
+        assert!(reply.retry_after() >= 20, "{}", reply.retry_after());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(upstream.calls_for(&a), 1, "no hammering");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_event_after_the_first_token_passes_as_the_provider_sent_it() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    zion.set_config(config("malformed", false));
+    let (a, _) = models("malformed");
+    upstream.set_fault(&a, UpstreamFault::MalformedEvent(1));
+    let proxy = proxy(&upstream, &zion, 100).await;
+    let reply = stream(&proxy).await;
+    assert_eq!(reply.status, 200);
+    let text = reply.text();
+    // Passed through as sent (documented), and the answer goes on to its end.
+    assert!(text.contains("data: {not json\n\n"), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+}
