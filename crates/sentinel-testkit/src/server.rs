@@ -55,6 +55,45 @@ impl Drop for Server {
     }
 }
 
+/// A server that can be stopped and served again on the same address: the
+/// mocks' `stop` / `resume`.
+#[derive(Debug)]
+pub(crate) struct Restartable {
+    addr: SocketAddr,
+    server: Mutex<Option<Server>>,
+}
+
+impl Restartable {
+    /// Serves `router` on `listener` now.
+    pub(crate) fn spawn(listener: TcpListener, addr: SocketAddr, router: Router) -> Self {
+        Restartable {
+            addr,
+            server: Mutex::new(Some(Server::spawn(listener, router))),
+        }
+    }
+
+    /// Closes the listener and every open connection, and returns once
+    /// they are closed. Does nothing if already stopped.
+    pub(crate) async fn stop(&self) {
+        let server = lock(&self.server).take();
+        if let Some(server) = server {
+            server.shutdown().await;
+        }
+    }
+
+    /// Serves `router()` again on the same address. Does nothing if it is
+    /// running; fails if the port cannot be bound again within a few
+    /// seconds.
+    pub(crate) async fn resume(&self, router: impl FnOnce() -> Router) -> io::Result<()> {
+        if lock(&self.server).is_some() {
+            return Ok(());
+        }
+        let listener = rebind(self.addr).await?;
+        *lock(&self.server) = Some(Server::spawn(listener, router()));
+        Ok(())
+    }
+}
+
 async fn accept_loop(listener: TcpListener, router: Router, mut shutdown: oneshot::Receiver<()>) {
     let mut connections = JoinSet::new();
     loop {

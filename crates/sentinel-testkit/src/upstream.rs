@@ -62,7 +62,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::server::{self, Server, lock};
+use crate::server::{self, Restartable, lock};
 
 /// A failure [`MockUpstream`] injects for one model (or for its health
 /// endpoint, see [`MockUpstream::set_health_fault`]).
@@ -361,7 +361,7 @@ impl UpstreamState {
 pub struct MockUpstream {
     addr: SocketAddr,
     state: Arc<UpstreamState>,
-    server: Mutex<Option<Server>>,
+    server: Restartable,
 }
 
 impl MockUpstream {
@@ -415,11 +415,11 @@ impl MockUpstream {
             released: tokio::sync::watch::Sender::new(false),
             open_streams: Arc::new(AtomicUsize::new(0)),
         });
-        let server = Server::spawn(listener, router(Arc::clone(&state)));
+        let server = Restartable::spawn(listener, addr, router(Arc::clone(&state)));
         Ok(Self {
             addr,
             state,
-            server: Mutex::new(Some(server)),
+            server,
         })
     }
 
@@ -567,10 +567,7 @@ impl MockUpstream {
     /// are refused) and every open connection, and returns once they are
     /// closed. Does nothing if already stopped.
     pub async fn stop(&self) {
-        let server = lock(&self.server).take();
-        if let Some(server) = server {
-            server.shutdown().await;
-        }
+        self.server.stop().await;
     }
 
     /// Serves again on the same port with the same state (faults, recorded
@@ -578,13 +575,8 @@ impl MockUpstream {
     ///
     /// Fails if the port cannot be bound again within a few seconds.
     pub async fn resume(&self) -> io::Result<()> {
-        if lock(&self.server).is_some() {
-            return Ok(());
-        }
-        let listener = server::rebind(self.addr).await?;
-        let server = Server::spawn(listener, router(Arc::clone(&self.state)));
-        *lock(&self.server) = Some(server);
-        Ok(())
+        let state = Arc::clone(&self.state);
+        self.server.resume(|| router(state)).await
     }
 
     fn arm(&self, model: &str, fault: UpstreamFault, remaining: Option<usize>) {

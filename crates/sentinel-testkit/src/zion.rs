@@ -20,7 +20,7 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Value, json};
 
-use crate::server::{self, Server, lock};
+use crate::server::{self, Restartable, lock};
 
 /// The path Zion serves the tier config on.
 pub const TIERS_CONFIG_PATH: &str = "/api/v1/tiers/config";
@@ -63,7 +63,7 @@ struct ZionState {
 pub struct MockZion {
     addr: SocketAddr,
     state: Arc<ZionState>,
-    server: Mutex<Option<Server>>,
+    server: Restartable,
 }
 
 impl MockZion {
@@ -79,11 +79,11 @@ impl MockZion {
             calls: AtomicUsize::new(0),
             last_authorization: Mutex::new(None),
         });
-        let server = Server::spawn(listener, router(Arc::clone(&state)));
+        let server = Restartable::spawn(listener, addr, router(Arc::clone(&state)));
         Ok(Self {
             addr,
             state,
-            server: Mutex::new(Some(server)),
+            server,
         })
     }
 
@@ -132,10 +132,7 @@ impl MockZion {
     /// and every open connection, and returns once they are closed. Does
     /// nothing if already stopped.
     pub async fn stop(&self) {
-        let server = lock(&self.server).take();
-        if let Some(server) = server {
-            server.shutdown().await;
-        }
+        self.server.stop().await;
     }
 
     /// Serves again on the same port with the same state (config, fault,
@@ -143,13 +140,8 @@ impl MockZion {
     ///
     /// Fails if the port cannot be bound again within a few seconds.
     pub async fn resume(&self) -> io::Result<()> {
-        if lock(&self.server).is_some() {
-            return Ok(());
-        }
-        let listener = server::rebind(self.addr).await?;
-        let server = Server::spawn(listener, router(Arc::clone(&self.state)));
-        *lock(&self.server) = Some(server);
-        Ok(())
+        let state = Arc::clone(&self.state);
+        self.server.resume(|| router(state)).await
     }
 }
 
