@@ -52,16 +52,7 @@ async fn proxy(upstream: &MockUpstream, zion: &MockZion, threshold: u32) -> Prox
 }
 
 async fn stream(proxy: &Proxy) -> Reply {
-    let mut body = chat_body(Some("simple"));
-    body["stream"] = json!(true);
-    Reply::read(
-        proxy
-            .post_json("/v1/chat/completions", &body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    proxy.chat_stream("simple").await
 }
 
 /// Whether an SSE answer is complete: content, then `[DONE]`, no error.

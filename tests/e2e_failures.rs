@@ -533,16 +533,7 @@ fn data(event: &str) -> Value {
 }
 
 async fn stream_text(proxy: &Proxy, tier: &str) -> (Reply, Vec<String>) {
-    let mut body = chat_body(Some(tier));
-    body["stream"] = json!(true);
-    let reply = Reply::read(
-        proxy
-            .post_json("/v1/chat/completions", &body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let reply = proxy.chat_stream(tier).await;
     let events = events(&reply.text());
     (reply, events)
 }

@@ -190,16 +190,7 @@ async fn idle_keep_alive_connections_close_but_slow_streams_do_not() {
     .await;
 
     // A stream longer than both limits finishes.
-    let mut body = chat_body(Some("simple"));
-    body["stream"] = json!(true);
-    let reply = Reply::read(
-        proxy
-            .post_json("/v1/chat/completions", &body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let reply = proxy.chat_stream("simple").await;
     assert_eq!(reply.status, 200);
     assert!(reply.text().contains("data: [DONE]"), "{}", reply.text());
 
@@ -522,16 +513,7 @@ async fn a_stream_broken_mid_event_ends_with_whole_events_and_an_error_event() {
     let proxy = Proxy::start(&Env::new(&upstream)).await;
 
     // Chat completions: two whole chunks, then the error event on its own.
-    let mut body = chat_body(Some("moderate"));
-    body["stream"] = json!(true);
-    let reply = Reply::read(
-        proxy
-            .post_json("/v1/chat/completions", &body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let reply = proxy.chat_stream("moderate").await;
     assert_eq!(reply.status, 200);
     let text = reply.text();
     assert!(text.ends_with("\n\n"), "{text}");

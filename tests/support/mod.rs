@@ -142,6 +142,14 @@ impl Proxy {
         .await
     }
 
+    /// A streamed chat completion for `tier` (the body of [`chat_body`]
+    /// with `"stream": true`), read in full.
+    pub(crate) async fn chat_stream(&self, tier: &str) -> Reply {
+        let mut body = chat_body(Some(tier));
+        body["stream"] = serde_json::json!(true);
+        self.chat(&body).await
+    }
+
     /// `GET path`, read in full.
     pub(crate) async fn get(&self, path: &str) -> Reply {
         Reply::read(
