@@ -40,15 +40,16 @@ fn config(test: &str, with_b: bool) -> Value {
 /// A proxy over `upstream` with the tiers of [`config`], timeouts of
 /// 300 ms, and breakers that open at `threshold` failures for 30 s.
 async fn proxy(upstream: &MockUpstream, zion: &MockZion, threshold: u32) -> Proxy {
-    Proxy::start(
-        &Env::new(upstream)
-            .zion(zion)
-            .set("SENTINEL_FAILURE_THRESHOLD", &threshold.to_string())
-            .set("SENTINEL_FIRST_BYTE_TIMEOUT_MS", "300")
-            .set("SENTINEL_FIRST_TOKEN_TIMEOUT_MS", "300")
-            .set("SENTINEL_STREAM_IDLE_TIMEOUT_MS", "300"),
-    )
-    .await
+    Proxy::start(&env(upstream, zion, threshold)).await
+}
+
+fn env(upstream: &MockUpstream, zion: &MockZion, threshold: u32) -> Env {
+    Env::new(upstream)
+        .zion(zion)
+        .set("SENTINEL_FAILURE_THRESHOLD", &threshold.to_string())
+        .set("SENTINEL_FIRST_BYTE_TIMEOUT_MS", "300")
+        .set("SENTINEL_FIRST_TOKEN_TIMEOUT_MS", "300")
+        .set("SENTINEL_STREAM_IDLE_TIMEOUT_MS", "300")
 }
 
 async fn stream(proxy: &Proxy) -> Reply {
@@ -131,14 +132,16 @@ async fn with_no_other_model_a_first_token_timeout_is_504() {
 }
 
 /// Failures after the first token reach the client as the SSE error event
-/// and count against the model: after `threshold` of them it is kept out.
+/// (continuation off: `e2e_continuation.rs` covers it on) and count
+/// against the model: after `threshold` of them it is kept out.
 async fn failures_after_the_first_token_count(test: &str, fault: UpstreamFault) {
     let (a, _) = models(test);
     let upstream = MockUpstream::start().await.unwrap();
     let zion = MockZion::start().await.unwrap();
     zion.set_config(config(test, true));
     upstream.set_fault(&a, fault);
-    let proxy = proxy(&upstream, &zion, 2).await;
+    let proxy =
+        Proxy::start(&env(&upstream, &zion, 2).set("SENTINEL_STREAM_CONTINUATION", "false")).await;
     let mut broken = 0;
     for _ in 0..20 {
         let reply = stream(&proxy).await;

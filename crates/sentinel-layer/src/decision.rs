@@ -15,6 +15,9 @@ pub enum SelectionReason {
     Upgrade,
     /// The next model of the tier after a retryable failure.
     Retry,
+    /// The next model of the tier, asked to continue a stream that broke
+    /// after its head (see [`Continuation`](crate::Continuation)).
+    Continuation,
 }
 
 impl SelectionReason {
@@ -25,6 +28,7 @@ impl SelectionReason {
             SelectionReason::Sticky => "sticky",
             SelectionReason::Upgrade => "upgrade",
             SelectionReason::Retry => "retry",
+            SelectionReason::Continuation => "continuation",
         }
     }
 }
@@ -42,7 +46,7 @@ pub struct RoutingDecision {
     pub provider: Arc<str>,
     /// The upstream model.
     pub model: Arc<str>,
-    /// 1 for the first attempt, 2 for the retry.
+    /// 1 for the first attempt, 2 for the retry (or the continuation).
     pub attempt: u32,
     /// Why the model was chosen.
     pub reason: SelectionReason,

@@ -13,6 +13,7 @@
 //! | [`tier_routing`] | the layer, its builder and the routing service |
 //! | [`retry`] | the retry policy: the next model of the tier, once |
 //! | [`breaker`] | the circuit-breaking backoff stage |
+//! | [`continuation`] | continuing a stream that broke after its head |
 //! | [`session`] | session stores: memory (bounded) and Redis |
 //! | [`health`] | active health checks of providers |
 //! | [`recovery`] | background probes of open models (early recovery) |
@@ -47,6 +48,7 @@
 mod body;
 mod bounded_redis;
 pub mod breaker;
+pub mod continuation;
 mod decision;
 pub mod error;
 mod grpc;
@@ -63,6 +65,7 @@ mod upstream;
 
 pub use body::{ResponseBody, RoutedBody};
 pub use breaker::{AttemptReport, Backoff, BackoffFuture};
+pub use continuation::{Continuation, ContinuationAttempt};
 pub use decision::{RoutingDecision, SelectionReason};
 pub use error::{ErrorCode, SentinelError};
 pub use retry::{ContextLengthExceeded, NextModel};

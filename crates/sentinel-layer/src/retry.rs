@@ -66,6 +66,8 @@ pub struct ContextLengthExceeded;
 pub(crate) struct RouteContext {
     pub(crate) config: Arc<TierConfig>,
     pub(crate) template: BodyTemplate,
+    /// Chooses a continuation's model ([`crate::Continuation`]).
+    pub(crate) selector: Arc<Selector>,
 }
 
 /// The retry policy: the next model of the tier, once.

@@ -53,7 +53,7 @@ use tower::Layer;
 pub use server::REQUEST_ID;
 use settings::Settings;
 use source::KnownProviders;
-use upstream::{Timeouts, Upstream, UpstreamClient};
+use upstream::{StreamContinuation, Timeouts, Upstream, UpstreamClient};
 
 /// The proxy could not start; the message names the cause and no secret.
 #[derive(Debug)]
@@ -211,10 +211,16 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
         first_token: settings.first_token_timeout,
         stream_idle: settings.stream_idle_timeout,
     };
+    let continuation = if settings.stream_continuation {
+        StreamContinuation::On
+    } else {
+        StreamContinuation::Off
+    };
     let upstream = Upstream::new(
         client,
         settings.providers.values().cloned(),
         timeouts,
+        continuation,
         source.clone(),
     )
     .map_err(|e| fail("providers", e))?;

@@ -6,6 +6,7 @@
 //! | `sentinel_cost_micro_usd_total` | counter | `tier`, `model`, `provider` | cost of those tokens from the tier config's prices, in millionths of a US dollar |
 //! | `sentinel_usage_missing_total` | counter | `tier`, `model`, `provider` | successful responses without a readable `usage` (an upstream that does not report it, or a body over 4 MiB) |
 //! | `sentinel_stream_errors_total` | counter | `reason` (`broken`, `idle_timeout`) | upstream bodies that broke or stalled mid-way |
+//! | `sentinel_stream_continuations_total` | counter | `tier`, `model`, `provider` (the continuing model; `none` when there was none), `outcome` (`continued`, `refused`, `failed`, `unavailable`) | broken chat streams Sentinel tried to continue on the next model |
 //! | `sentinel_unknown_provider_models_total` | counter | `provider` | models left out of routing because the proxy does not know their provider |
 //! | `sentinel_http_requests_total` | counter | `status` (`2xx`, `4xx`, `5xx`, ...) | every HTTP request the proxy answered |
 //!
@@ -25,6 +26,8 @@ pub const COST_MICRO_USD: &str = "sentinel_cost_micro_usd_total";
 pub const USAGE_MISSING: &str = "sentinel_usage_missing_total";
 /// Broken or stalled upstream bodies.
 pub const STREAM_ERRORS: &str = "sentinel_stream_errors_total";
+/// Broken chat streams continued on the next model, by outcome.
+pub const STREAM_CONTINUATIONS: &str = "sentinel_stream_continuations_total";
 /// Models left out for an unknown provider.
 pub const UNKNOWN_PROVIDER_MODELS: &str = "sentinel_unknown_provider_models_total";
 /// Every HTTP request answered.
@@ -93,6 +96,10 @@ fn describe() {
     describe_counter!(
         STREAM_ERRORS,
         "Upstream bodies that broke or stalled mid-way."
+    );
+    describe_counter!(
+        STREAM_CONTINUATIONS,
+        "Broken chat streams continued on the next model, by continuing model and outcome."
     );
     describe_counter!(
         UNKNOWN_PROVIDER_MODELS,

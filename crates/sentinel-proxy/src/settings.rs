@@ -42,6 +42,9 @@ SETTINGS (environment variable / file key: meaning [default])
                                                 is held until then, so a stall before it is retried [60000]
   SENTINEL_STREAM_IDLE_TIMEOUT_MS / upstream.stream_idle_timeout_ms
                                                 longest pause inside a response body [60000]
+  SENTINEL_STREAM_CONTINUATION / upstream.stream_continuation
+                                                continue a streamed chat answer that breaks after its
+                                                head on the next model of the tier, true/false [true]
   SENTINEL_BODY_LIMIT_BYTES / body_limit_bytes  largest request body [33554432]
   SENTINEL_DRAIN_TIMEOUT_SECS / drain_timeout_secs
                                                 graceful-shutdown drain [30]
@@ -180,6 +183,7 @@ impl fmt::Debug for Settings {
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("first_token_timeout", &self.first_token_timeout)
             .field("stream_idle_timeout", &self.stream_idle_timeout)
+            .field("stream_continuation", &self.stream_continuation)
             .field("body_limit", &self.body_limit)
             .field("drain_timeout", &self.drain_timeout)
             .field("client", &self.client)
@@ -261,6 +265,8 @@ pub struct Settings {
     pub first_token_timeout: Duration,
     /// Longest pause inside a response body.
     pub stream_idle_timeout: Duration,
+    /// Continue broken chat streams on the next model.
+    pub stream_continuation: bool,
     /// Largest request body.
     pub body_limit: usize,
     /// Graceful-shutdown drain.
@@ -341,6 +347,7 @@ struct FileUpstream {
     first_byte_timeout_ms: Option<u64>,
     first_token_timeout_ms: Option<u64>,
     stream_idle_timeout_ms: Option<u64>,
+    stream_continuation: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -632,6 +639,12 @@ impl Settings {
             60_000,
             1..=3_600_000,
         )?);
+        let stream_continuation = flag(
+            env,
+            "SENTINEL_STREAM_CONTINUATION",
+            file.upstream.stream_continuation,
+            true,
+        )?;
         let body_limit = number(
             env,
             "SENTINEL_BODY_LIMIT_BYTES",
@@ -829,6 +842,7 @@ impl Settings {
             first_byte_timeout,
             first_token_timeout,
             stream_idle_timeout,
+            stream_continuation,
             body_limit,
             drain_timeout,
             client,

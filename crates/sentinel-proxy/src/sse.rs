@@ -330,7 +330,7 @@ pub(crate) enum Start {
 }
 
 /// The data payloads of whole events, in order.
-fn payloads(events: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn payloads(events: &[u8]) -> impl Iterator<Item = &[u8]> {
     events
         .split(|&b| b == b'\n' || b == b'\r')
         .filter_map(|line| line.strip_prefix(b"data:"))

@@ -125,18 +125,35 @@ where
         };
         let report = AttemptReport::default();
         req.extensions_mut().insert(report.clone());
-        let record = Record {
-            decision,
-            ticket,
-            breakers: self.breakers.clone(),
-            report,
-        };
+        let record = Record::new(decision, ticket, self.breakers.clone(), report);
         BackoffFuture::called(self.inner.call(req), Some(record))
     }
 }
 
+/// What a response head says of its model: a retryable status or an
+/// unavailable gRPC status is a failure (with the provider's
+/// `Retry-After`); anything else, a success so far.
+pub(crate) fn head_outcome(status: StatusCode, headers: &HeaderMap) -> Outcome {
+    if is_retryable_status(status) || is_grpc_unavailable(headers) {
+        Outcome::ModelFailure {
+            retry_after: retry_after(headers),
+        }
+    } else {
+        Outcome::Success
+    }
+}
+
+/// What a failure before the head says: the provider when it could not be
+/// reached, else the model.
+pub(crate) fn error_outcome(error: &UpstreamError) -> Outcome {
+    match error.kind() {
+        UpstreamErrorKind::Connect => Outcome::ConnectFailure,
+        _ => Outcome::ModelFailure { retry_after: None },
+    }
+}
+
 /// What to record when an attempt ends.
-struct Record {
+pub(crate) struct Record {
     decision: RoutingDecision,
     ticket: Ticket,
     breakers: Arc<Breakers>,
@@ -144,7 +161,28 @@ struct Record {
 }
 
 impl Record {
-    fn finish(self, outcome: Outcome) {
+    pub(crate) fn new(
+        decision: RoutingDecision,
+        ticket: Ticket,
+        breakers: Arc<Breakers>,
+        report: AttemptReport,
+    ) -> Self {
+        Record {
+            decision,
+            ticket,
+            breakers,
+            report,
+        }
+    }
+
+    /// The attempt's report.
+    pub(crate) fn report(&self) -> AttemptReport {
+        self.report.clone()
+    }
+
+    /// Records the outcome of the head (or of its absence): a success arms
+    /// the attempt's report, whose end decides.
+    pub(crate) fn finish(self, outcome: Outcome) {
         if outcome == Outcome::Success {
             let now = Instant::now();
             let (provider, model) = (self.decision.provider, self.decision.model);
@@ -233,15 +271,7 @@ where
                 };
                 match result {
                     Ok(response) => {
-                        let failed = is_retryable_status(response.status())
-                            || is_grpc_unavailable(response.headers());
-                        let outcome = if failed {
-                            Outcome::ModelFailure {
-                                retry_after: retry_after(response.headers()),
-                            }
-                        } else {
-                            Outcome::Success
-                        };
+                        let outcome = head_outcome(response.status(), response.headers());
                         let decision = record.decision.clone();
                         record.finish(outcome);
                         let mut response = response.map(Either::Left);
@@ -250,11 +280,7 @@ where
                     }
                     Err(e) => {
                         let error = UpstreamError::classify(e.into());
-                        let outcome = match error.kind() {
-                            UpstreamErrorKind::Connect => Outcome::ConnectFailure,
-                            _ => Outcome::ModelFailure { retry_after: None },
-                        };
-                        record.finish(outcome);
+                        record.finish(error_outcome(&error));
                         Poll::Ready(Err(error))
                     }
                 }

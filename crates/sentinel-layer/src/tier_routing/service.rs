@@ -296,6 +296,7 @@ where
             parts.extensions.insert(RouteContext {
                 config: config.clone(),
                 template,
+                selector: shared.selector.clone(),
             });
             RoutedBody::buffered(bytes)
         }

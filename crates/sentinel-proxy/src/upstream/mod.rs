@@ -36,8 +36,8 @@ use hyper_util::rt::TokioExecutor;
 use metrics::Counter;
 use sentinel_core::{Pricing, Tier, TierConfigSource};
 use sentinel_layer::{
-    AttemptReport, ContextLengthExceeded, ErrorCode, RoutedBody, RoutingDecision, SentinelError,
-    UpstreamError,
+    AttemptReport, ContextLengthExceeded, Continuation, ErrorCode, RoutedBody, RoutingDecision,
+    SentinelError, UpstreamError,
 };
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -47,6 +47,10 @@ use tower::Service;
 use crate::metrics as m;
 use crate::settings::Provider;
 use crate::sse::{self, contains};
+
+pub mod continuation;
+
+use continuation::{Resume, Resuming};
 
 /// The upstream HTTP client: hyper's pooled client over rustls
 /// ([`sentinel_zion::tls_config`]: webpki roots, `ring` passed explicitly),
@@ -77,6 +81,42 @@ struct Target {
     authorization: Option<HeaderValue>,
 }
 
+impl Target {
+    /// The provider's URL for `rest`, the client's path without `/v1`.
+    fn uri(&self, rest: &str) -> Result<Uri, UpstreamError> {
+        Uri::try_from(format!("{}{rest}", self.base_url))
+            .map_err(|_| UpstreamError::other("the upstream URL is invalid"))
+    }
+}
+
+/// Whether a response is a server-sent event stream.
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// How an attempt's body is read.
+struct BodyPlan {
+    api: sse::Api,
+    /// Sentinel asked for the usage chunk: it is left out for the client.
+    hide_usage: bool,
+    report: Option<AttemptReport>,
+    /// How a broken chat stream is continued (first attempts only).
+    resume: Option<Box<Resume>>,
+}
+
+/// Whether a streamed chat answer that breaks after its head is continued
+/// on the next model of the tier (see [`continuation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamContinuation {
+    /// Continue it (the default).
+    On,
+    /// End it with the error event.
+    Off,
+}
+
 /// Timeouts of upstream calls.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -100,6 +140,7 @@ struct Inner {
     client: UpstreamClient,
     targets: HashMap<String, Target>,
     timeouts: Timeouts,
+    continuation: StreamContinuation,
     config: Arc<dyn TierConfigSource>,
     counters: UsageCounterCache,
 }
@@ -119,6 +160,7 @@ impl Upstream {
         client: UpstreamClient,
         providers: impl IntoIterator<Item = Provider>,
         timeouts: Timeouts,
+        continuation: StreamContinuation,
         config: Arc<dyn TierConfigSource>,
     ) -> Result<Self, String> {
         let mut targets = HashMap::new();
@@ -145,6 +187,7 @@ impl Upstream {
             client,
             targets,
             timeouts,
+            continuation,
             config,
             counters: UsageCounterCache::default(),
         })))
@@ -233,9 +276,7 @@ impl Upstream {
         let path = parts.uri.path();
         let rest = path.strip_prefix("/v1").unwrap_or(path);
         // The client's query string stays behind: neither routed API takes one.
-        let Ok(uri) = Uri::try_from(format!("{}{rest}", target.base_url)) else {
-            return Err(UpstreamError::other("the upstream URL is invalid"));
-        };
+        let uri = target.uri(rest)?;
         // Streaming chat completions: ask for the usage chunk so costs can be
         // counted, and hide it from a client that did not ask for it.
         let chat = rest.ends_with("/chat/completions");
@@ -254,13 +295,6 @@ impl Upstream {
                 headers.append(name.clone(), value.clone());
             }
         }
-        if let Some(auth) = &target.authorization {
-            headers.insert(header::AUTHORIZATION, auth.clone());
-        }
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
         let bytes = body
             .collect()
             .await
@@ -271,9 +305,55 @@ impl Upstream {
         } else {
             (bytes, false)
         };
+        // A streamed chat answer that breaks after its head is continued on
+        // the next model, while the request's retry is unused.
+        let resume = if chat && decision.stream && self.0.continuation == StreamContinuation::On {
+            Continuation::of(&parts.extensions).map(|handle| {
+                Resume::new(
+                    self.clone(),
+                    handle,
+                    &headers,
+                    parts.method.clone(),
+                    rest,
+                    hide_usage,
+                )
+            })
+        } else {
+            None
+        };
+        let plan = BodyPlan {
+            api,
+            hide_usage,
+            report,
+            resume,
+        };
+        self.send(&decision, target, parts.method, uri, headers, bytes, plan)
+            .await
+    }
 
+    /// Sends one attempt to `target` and reads its answer up to the point
+    /// where it can go to the client: the head, a whole small `400`, or a
+    /// stream's first token.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        decision: &RoutingDecision,
+        target: &Target,
+        method: http::Method,
+        uri: Uri,
+        mut headers: http::HeaderMap,
+        bytes: Bytes,
+        plan: BodyPlan,
+    ) -> Result<Response<Body>, UpstreamError> {
+        if let Some(auth) = &target.authorization {
+            headers.insert(header::AUTHORIZATION, auth.clone());
+        }
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         let mut request = Request::new(Full::new(bytes));
-        *request.method_mut() = parts.method;
+        *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
 
@@ -316,14 +396,11 @@ impl Upstream {
             }
             return Ok(Response::from_parts(parts, Body::from(bytes)));
         }
-        let sse = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let sse = is_event_stream(&parts.headers);
+        let answer = sse && parts.status.is_success();
         let usage = parts.status.is_success().then(|| Usage {
-            counters: self.0.counters.get(&decision),
-            pricing: self.pricing(&decision),
+            counters: self.0.counters.get(decision),
+            pricing: self.pricing(decision),
             sse,
             buffer: BytesMut::new(),
             overflow: false,
@@ -338,12 +415,14 @@ impl Upstream {
             done: false,
             usage,
             // Only an answer is framed: a 4xx event stream passes as it is.
-            framer: (sse && parts.status.is_success()).then(|| sse::Framer::new(api, hide_usage)),
+            framer: answer.then(|| sse::Framer::new(plan.api, plan.hide_usage)),
             ready: VecDeque::new(),
-            report: Reported(report),
+            report: Reported(plan.report),
             in_band_error: false,
+            resume: plan.resume.filter(|_| answer),
+            resuming: None,
         };
-        if sse && parts.status.is_success() {
+        if answer {
             // The head waits for the first token: a stream that stalls,
             // breaks or errs before it is a failure before the first byte,
             // retried on the next model.
@@ -719,6 +798,11 @@ pin_project_lite::pin_project! {
         report: Reported,
         // An error event was read before the head went out.
         in_band_error: bool,
+        // How to continue the stream on the next model if it breaks, with
+        // what the client has been sent so far.
+        resume: Option<Box<Resume>>,
+        // The stream broke and is being continued: what the client gets now.
+        resuming: Option<Resuming>,
     }
 }
 
@@ -898,10 +982,16 @@ impl http_body::Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
+        if let Some(resuming) = this.resuming.as_mut() {
+            return resuming.poll_frame(cx);
+        }
         if std::mem::take(this.in_band_error) {
             this.report.failed();
         }
         if let Some(out) = this.ready.pop_front() {
+            if let Some(resume) = this.resume.as_mut() {
+                resume.sent(&out);
+            }
             return Poll::Ready(Some(Ok(Frame::data(out))));
         }
         if *this.done {
@@ -936,6 +1026,9 @@ impl http_body::Body for UpstreamBody {
                             if sse::carries_error(&out) {
                                 // The provider said it failed, in band.
                                 this.report.failed();
+                            }
+                            if let Some(resume) = this.resume.as_mut() {
+                                resume.sent(&out);
                             }
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
@@ -1005,6 +1098,18 @@ impl http_body::Body for UpstreamBody {
                     ),
                 };
                 let event = framer.fail(code.as_str(), message);
+                // A break or a stall (not an oversized event, which the next
+                // model would not help) is continued on the next model when
+                // the answer can be; the client gets this event only if that
+                // fails.
+                let resume = this.resume.take().filter(|_| failure != "event_too_large");
+                let event = match resume {
+                    Some(resume) => match resume.start(event) {
+                        Ok(resuming) => return this.resuming.insert(resuming).poll_frame(cx),
+                        Err(event) => event,
+                    },
+                    None => event,
+                };
                 Poll::Ready(Some(Ok(Frame::data(event))))
             }
             None => Poll::Ready(Some(Err(failure.into()))),
@@ -1012,7 +1117,9 @@ impl http_body::Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.ready.is_empty()
+        self.done
+            && self.ready.is_empty()
+            && self.resuming.as_ref().is_none_or(Resuming::is_end_stream)
     }
 }
 
