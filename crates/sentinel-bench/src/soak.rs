@@ -897,7 +897,7 @@ impl Report {
         ));
         let mid_stream = upstream_of(&[Fault::ResetMidStream, Fault::StallMidStream]);
         r.line(format!(
-            "note: upstream streams broken or stalled after their first events: {mid_stream}; client streams ended by an error event: {error_events}; so at most {} continued on another model",
+            "note: upstream streams broken or stalled after their first events: {mid_stream}; client streams ended by an error event: {error_events}; the rest ({}) were continued on another model (sentinel_stream_continuations_total below)",
             mid_stream.saturating_sub(error_events)
         ));
         let mut latencies = s.latencies_ms.clone();
@@ -947,11 +947,12 @@ impl Report {
                 ));
                 r.line("");
                 r.line("proxy side (from /metrics):");
-                let shown: [(&str, Option<&str>); 10] = [
+                let shown: [(&str, Option<&str>); 11] = [
                     ("sentinel_retries_total", None),
                     ("sentinel_breaker_transitions_total", Some("to")),
                     ("sentinel_errors_total", Some("code")),
                     ("sentinel_stream_errors_total", Some("reason")),
+                    ("sentinel_stream_continuations_total", Some("outcome")),
                     ("sentinel_zion_fetches_total", Some("outcome")),
                     ("sentinel_tier_config_lookups_total", Some("result")),
                     ("sentinel_redis_fallbacks_total", Some("component")),

@@ -269,9 +269,11 @@ fn stream_end(body: &[u8]) -> Answer {
     if !text.is_empty() && !text.ends_with("\n\n") {
         return Answer::Undocumented(format!("2xx stream ends inside an event: …{}", tail(&text)));
     }
+    // An event without a `data:` line (a comment such as Sentinel's
+    // `: x-sentinel-continued-model:`) dispatches nothing.
     let payloads: Vec<String> = text
         .split("\n\n")
-        .filter(|e| !e.trim().is_empty())
+        .filter(|e| e.lines().any(|l| l.starts_with("data:")))
         .map(|event| {
             event
                 .lines()
@@ -437,6 +439,18 @@ mod tests {
             classify(ok, true, false, true, error),
             Answer::StreamErrorEvent("upstream_failed".into())
         );
+        // A comment is not an event: a continued stream ends the same way.
+        let continued =
+            b"data: {\"choices\":[]}\n\n: x-sentinel-continued-model: m\n\ndata: [DONE]\n\n";
+        assert_eq!(
+            classify(ok, true, false, true, continued),
+            Answer::StreamDone
+        );
+        let commented = b"data: {\"choices\":[]}\n\n: x-sentinel-continued-model: m\n\n";
+        assert!(matches!(
+            classify(ok, true, false, true, commented),
+            Answer::Undocumented(_)
+        ));
         let truncated = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
         assert!(matches!(
             classify(ok, true, false, true, truncated),

@@ -6,7 +6,7 @@
 //! | name | type | labels | meaning |
 //! | --- | --- | --- | --- |
 //! | `sentinel_requests_total` | counter | `tier`, `model`, `provider`, `status` (`2xx`, `4xx`, `5xx`, ...) | routed requests, by effective tier and the model that answered (`none` when no model was chosen) |
-//! | `sentinel_model_selections_total` | counter | `tier`, `model`, `provider`, `reason` (`weighted`, `sticky`, `upgrade`, `retry`) | models chosen, one per attempt |
+//! | `sentinel_model_selections_total` | counter | `tier`, `model`, `provider`, `reason` (`weighted`, `sticky`, `upgrade`, `retry`, `continuation`) | models chosen, one per attempt |
 //! | `sentinel_retries_total` | counter | `tier` | second attempts on the next model |
 //! | `sentinel_breaker_transitions_total` | counter | `scope` (`model`, `provider`), `name`, `to` (`open`, `closed`) | circuit-breaker transitions |
 //! | `sentinel_models_open` | gauge | | model breakers open right now in this process |

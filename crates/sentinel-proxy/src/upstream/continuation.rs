@@ -17,7 +17,8 @@
 //!   its `prompt_tokens` count the prompt plus the partial answer, its
 //!   `completion_tokens` the rest (the broken attempt reported none);
 //! - a comment, `: x-sentinel-continued-model: MODEL`, comes just before
-//!   `data: [DONE]` (or last, when the continuation itself fails).
+//!   `data: [DONE]` (or before the error event, when the continuation
+//!   itself fails).
 //!
 //! When the continuation cannot be had (no other model may be tried, it
 //! refuses the prefill with a 4xx, it fails or stalls before its first
@@ -348,6 +349,15 @@ impl Splice {
                 out.extend_from_slice(line);
                 continue;
             };
+            if chunk.contains_key("error") && !chunk.contains_key("choices") {
+                // The continuation failed too: its error event ends the
+                // stream, after the comment.
+                if let Some(comment) = self.comment.take() {
+                    out.extend_from_slice(&comment);
+                }
+                out.extend_from_slice(line);
+                continue;
+            }
             if let Some(id) = &self.id
                 && chunk.contains_key("id")
             {
