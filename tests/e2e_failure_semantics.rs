@@ -392,6 +392,88 @@ async fn a_model_that_recovers_takes_traffic_again_within_a_probe_interval() {
     );
 }
 
+/// The scenario at full scale, default breaker and probe settings:
+/// a model down for 60 s under steady traffic. Before the early probes it
+/// was opened at 8 s, failed the real-request probe at 40 s and stayed out
+/// until about 100 s, 40 s after it recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_down_for_a_minute_takes_traffic_again_within_a_probe_interval() {
+    const OUTAGE: Duration = Duration::from_secs(60);
+    const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+    let test = "minute";
+    let (a, b) = models(test);
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    zion.set_config(config(test, true));
+    // Defaults: threshold 3, backoff 30 s doubling, probes every 10 s.
+    let proxy = Proxy::start(&Env::new(&upstream).zion(&zion)).await;
+    async fn steady(proxy: &Proxy) -> Reply {
+        let reply = proxy.chat(&chat_body(Some("simple"))).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        reply
+    }
+    // Traffic reaches `a` before the outage.
+    let mut served_by_a = false;
+    for _ in 0..20 {
+        served_by_a |= steady(&proxy).await.model() == Some(a.as_str());
+    }
+    assert!(served_by_a);
+
+    upstream.down(&a);
+    let down_at = tokio::time::Instant::now();
+    let before = upstream.calls_for(&a);
+    while down_at.elapsed() < OUTAGE {
+        // Every request is answered: `b` takes the retries and the traffic.
+        let reply = steady(&proxy).await;
+        assert_eq!(reply.model(), Some(b.as_str()));
+    }
+    let during: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.model.as_deref() == Some(a.as_str()))
+        .skip(before)
+        .collect();
+    let timeline: Vec<String> = during
+        .iter()
+        .map(|r| {
+            let kind = if r.body["max_tokens"] == 1 {
+                "probe"
+            } else {
+                "request"
+            };
+            format!("{kind} at {:.1} s", (r.at - down_at).as_secs_f64())
+        })
+        .collect();
+    // Three failures open it; then background probes (about one per
+    // interval) and at most a few real requests at the end of a backoff.
+    assert!(
+        (3..=12).contains(&during.len()),
+        "{} calls to the down model in a minute: {timeline:?}",
+        during.len()
+    );
+    let probes = during.iter().filter(|r| r.body["max_tokens"] == 1);
+    assert!(probes.count() >= 3, "probed while down");
+    for pair in during[3..].windows(2) {
+        assert!(
+            pair[1].at - pair[0].at >= Duration::from_secs(1),
+            "no hammering while open: {timeline:?}"
+        );
+    }
+
+    upstream.up(&a);
+    let up_at = tokio::time::Instant::now();
+    loop {
+        if steady(&proxy).await.model() == Some(a.as_str()) {
+            break;
+        }
+        assert!(
+            up_at.elapsed() < PROBE_INTERVAL + Duration::from_secs(5),
+            "no traffic on the recovered model within a probe interval"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_is_charged_only_to_the_model_that_answered() {
     let upstream = MockUpstream::start().await.unwrap();

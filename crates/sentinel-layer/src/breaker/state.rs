@@ -56,7 +56,8 @@ struct State {
     opened_at: Option<Instant>,
     /// No background probe before this (the provider's `Retry-After`).
     not_before: Option<Instant>,
-    /// The last background probe started then; one at a time.
+    /// The last probe (in the background, or a request's half-open
+    /// probe) started then; background probes one at a time.
     background_probe: Option<Instant>,
     background_probing: bool,
 }
@@ -171,6 +172,9 @@ impl Breaker {
                 return Err(until);
             }
             s.probe_since = Some(now);
+            // A request probing the model is a probe too: the background
+            // probes keep their interval from it.
+            s.background_probe = Some(now);
             Ok(Pass {
                 generation: s.generation,
                 _probe: Some(ProbeGuard {
@@ -340,8 +344,8 @@ impl Breakers {
 
     /// The open models due for a background probe at `now`, among those
     /// `keep` names (the current config's): open at least `interval`, not
-    /// probed in the last `interval`, past any `Retry-After`, and not being
-    /// probed. Each is marked as being probed; with each comes the
+    /// probed in the last `interval` (by a background probe or a request's
+    /// half-open probe), past any `Retry-After`, and not being probed. Each is marked as being probed; with each comes the
     /// generation its probe speaks for.
     pub(crate) fn due_for_probe(
         &self,
@@ -623,6 +627,34 @@ mod tests {
         b.record(&p, &m, Outcome::Success, probe, t2);
         let ticket = b.admit(&p, &m, t2).expect("closed");
         assert!(!ticket.is_probe());
+    }
+
+    #[test]
+    fn background_probes_keep_their_interval_from_a_requests_probe() {
+        let b = breakers(1);
+        let (p, m) = names();
+        let every = Duration::from_secs(10);
+        let due = |at: Instant| b.due_for_probe(at, every, |_, _| true);
+        let t0 = Instant::now();
+        attempt(&b, FAIL, t0);
+        // Background probes at 10 s and 20 s (each one's end noted).
+        for at in [10, 20] {
+            let at = t0 + Duration::from_secs(at);
+            let claimed = due(at);
+            assert_eq!(claimed.len(), 1, "due at {at:?}");
+            b.probed(&p, &m, claimed[0].2, false, at);
+        }
+        // At 30 s the backoff ends and a request probes the model and fails:
+        // the next background probe waits an interval from it, not from 20 s.
+        let t30 = t0 + Duration::from_secs(30) + Duration::from_millis(800);
+        let probe = b.admit(&p, &m, t30).expect("the request's probe");
+        b.record(&p, &m, FAIL, probe, t30);
+        assert!(
+            due(t0 + Duration::from_secs(31)).is_empty(),
+            "no probe 0.2 s after the request's"
+        );
+        assert!(due(t30 + every - Duration::from_millis(1)).is_empty());
+        assert_eq!(due(t30 + every).len(), 1);
     }
 
     #[test]
