@@ -253,40 +253,50 @@ async fn a_429_on_the_last_attempt_is_429_with_the_providers_retry_after() {
     assert_eq!(reply.header("retry-after"), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_context_length_failure_is_tried_once_more_on_the_largest_window() {
+/// A context-length failure, its `400` sent with a `Content-Length` or
+/// chunked (`chunked`), is tried once more on the largest window.
+async fn a_context_length_failure_is_retried(chunked: bool) {
+    let name = |m: &str| {
+        if chunked {
+            format!("{m}-chunked")
+        } else {
+            m.to_owned()
+        }
+    };
+    let (small, mid, large) = (name("small-ctx"), name("mid-ctx"), name("large-ctx"));
     let upstream = MockUpstream::start().await.unwrap();
+    upstream.set_chunked_errors(chunked);
     let zion = MockZion::start().await.unwrap();
     // Two small models the prompt does not fit (cheap, so chosen first most
     // of the time) and a large, dear one.
     let models = json!([
-        { "provider": "openai", "model": "small-ctx", "relative_cost": 1, "context_window": 8000 },
-        { "provider": "openai", "model": "mid-ctx", "relative_cost": 1, "context_window": 32000 },
-        { "provider": "openai", "model": "large-ctx", "relative_cost": 10, "context_window": 200000 }
+        { "provider": "openai", "model": small, "relative_cost": 1, "context_window": 8000 },
+        { "provider": "openai", "model": mid, "relative_cost": 1, "context_window": 32000 },
+        { "provider": "openai", "model": large, "relative_cost": 10, "context_window": 200000 }
     ]);
     let tier = json!({ "models": models });
     zion.set_config(
         json!({ "version": "ctx", "tiers": { "simple": tier, "moderate": tier, "complex": tier } }),
     );
-    upstream.set_fault("small-ctx", UpstreamFault::context_length_exceeded());
-    upstream.set_fault("mid-ctx", UpstreamFault::context_length_exceeded());
+    upstream.set_fault(&small, UpstreamFault::context_length_exceeded());
+    upstream.set_fault(&mid, UpstreamFault::context_length_exceeded());
     let proxy = proxy(&upstream, &zion, 1).await;
     for _ in 0..8 {
         let reply = proxy.chat(&chat_body(Some("simple"))).await;
         // The weighted next model would often be the other small one, which
         // fails too: only the largest window answers every time.
         assert_eq!(reply.status, 200, "{}", reply.text());
-        assert_eq!(reply.model(), Some("large-ctx"));
+        assert_eq!(reply.model(), Some(large.as_str()));
     }
-    assert_eq!(upstream.calls_for("large-ctx"), 8);
-    assert!(upstream.calls_for("small-ctx") + upstream.calls_for("mid-ctx") >= 1);
+    assert_eq!(upstream.calls_for(&large), 8);
+    assert!(upstream.calls_for(&small) + upstream.calls_for(&mid) >= 1);
     // Not the models' fault: threshold 1, and neither opened.
     let metrics = proxy.metrics().await;
-    assert_eq!(opened(&metrics, "small-ctx"), 0.0);
-    assert_eq!(opened(&metrics, "mid-ctx"), 0.0);
+    assert_eq!(opened(&metrics, &small), 0.0);
+    assert_eq!(opened(&metrics, &mid), 0.0);
 
     // With no larger model left to try, the provider's own 400 stands.
-    upstream.set_fault("large-ctx", UpstreamFault::context_length_exceeded());
+    upstream.set_fault(&large, UpstreamFault::context_length_exceeded());
     let reply = proxy.chat(&chat_body(Some("simple"))).await;
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json["error"]["code"], "context_length_exceeded");
@@ -294,6 +304,82 @@ async fn a_context_length_failure_is_tried_once_more_on_the_largest_window() {
         reply.json["error"]["message"],
         MockUpstream::CONTEXT_LENGTH_MESSAGE
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_length_failure_is_tried_once_more_on_the_largest_window() {
+    a_context_length_failure_is_retried(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_context_length_failure_is_read_and_retried_too() {
+    a_context_length_failure_is_retried(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_chunked_400_passes_through_whole() {
+    let upstream = MockUpstream::start().await.unwrap();
+    upstream.set_chunked_errors(true);
+    let zion = MockZion::start().await.unwrap();
+    zion.set_config(config("long-400", true));
+    let (a, b) = models("long-400");
+    // Longer than the 64 KiB Sentinel reads to look for a context-length
+    // code: what was read and the rest reach the client as one body.
+    let message = "x".repeat(100_000);
+    for model in [&a, &b] {
+        upstream.set_fault(
+            model,
+            UpstreamFault::Error {
+                status: 400,
+                error_type: Some("invalid_request_error".into()),
+                code: Some("context_length_exceeded".into()),
+                param: None,
+                message: message.clone(),
+                retry_after: None,
+            },
+        );
+    }
+    let proxy = proxy(&upstream, &zion, 1).await;
+    let reply = proxy.chat(&chat_body(Some("simple"))).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json["error"]["message"], message.as_str());
+    assert_eq!(upstream.total_calls(), 1, "not read, so not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_the_first_token_is_charged_nothing() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    zion.set_config(config("leaves-early", false));
+    let (a, _) = models("leaves-early");
+    upstream.set_fault(&a, UpstreamFault::FirstTokenDelay(Duration::from_secs(2)));
+    let proxy = Proxy::start(
+        &Env::new(&upstream)
+            .zion(&zion)
+            .set("SENTINEL_FIRST_TOKEN_TIMEOUT_MS", "10000"),
+    )
+    .await;
+    let mut body = chat_body(Some("simple"));
+    body["stream"] = json!(true);
+    let request = proxy.post_json("/v1/chat/completions", &body).send();
+    // Gone while Sentinel holds the head for the first token.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), request)
+            .await
+            .is_err()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            upstream.calls_for(&a) == 1 && upstream.open_streams() == 0
+        })
+        .await,
+        "the upstream stream was not cancelled"
+    );
+    let metrics = proxy.metrics().await;
+    let counted = |name: &str| metric(&metrics, name, &[("model", a.as_str())]).unwrap_or(0.0);
+    assert_eq!(counted("sentinel_usage_missing_total"), 0.0);
+    assert_eq!(counted("sentinel_tokens_total"), 0.0);
+    assert_eq!(opened(&metrics, &a), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,14 +538,25 @@ async fn a_model_down_for_a_minute_takes_traffic_again_within_a_probe_interval()
         "{} calls to the down model in a minute: {timeline:?}",
         during.len()
     );
-    let probes = during.iter().filter(|r| r.body["max_tokens"] == 1);
-    assert!(probes.count() >= 3, "probed while down");
-    for pair in during[3..].windows(2) {
+    // Background probes about one interval apart (counted from a probe's
+    // end or from a request's probe); real requests reach it only when its
+    // backoff (30 s) ends, so at most twice in the minute.
+    let probes: Vec<_> = during
+        .iter()
+        .filter(|r| r.body["max_tokens"] == 1)
+        .collect();
+    assert!(probes.len() >= 3, "probed while down: {timeline:?}");
+    for pair in probes.windows(2) {
         assert!(
-            pair[1].at - pair[0].at >= Duration::from_secs(1),
+            pair[1].at - pair[0].at >= PROBE_INTERVAL - Duration::from_secs(1),
             "no hammering while open: {timeline:?}"
         );
     }
+    let requests = during.len() - probes.len();
+    assert!(
+        requests <= 3 + 2,
+        "real requests reached the open model: {timeline:?}"
+    );
 
     upstream.up(&a);
     let up_at = tokio::time::Instant::now();

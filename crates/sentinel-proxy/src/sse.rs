@@ -54,8 +54,9 @@ pub(crate) struct Framer {
     /// that comes next belongs to that event; `Some(hidden)` says whether
     /// the event was left out.
     after_cr_cut: Option<bool>,
-    /// The stream's own end was passed on: `[DONE]` (chat completions), or
-    /// `response.completed` / `response.incomplete` / `response.failed`.
+    /// The stream's own end was passed on: `[DONE]` (chat completions),
+    /// `response.completed` / `response.incomplete` / `response.failed`, or
+    /// a provider's error event.
     complete: bool,
 }
 
@@ -82,8 +83,9 @@ impl Framer {
         }
     }
 
-    /// Whether the stream's own end marker has been passed on: a stream
-    /// that ends without it was cut short, however cleanly it closed.
+    /// Whether the stream's own end (its end marker, or a provider's error
+    /// event) has been passed on: a stream that ends without it was cut
+    /// short, however cleanly it closed.
     pub(crate) fn complete(&self) -> bool {
         self.complete
     }
@@ -205,7 +207,9 @@ impl Framer {
     /// last `"sequence_number":N` (Responses API).
     fn note_sequence(&mut self, out: &[u8]) {
         if !self.complete {
-            self.complete = ends_the_stream(self.api, out);
+            // A provider's error event ends the stream as well: the client
+            // knows the answer failed, and nothing follows it.
+            self.complete = ends_the_stream(self.api, out) || carries_error(out);
         }
         if self.api == Api::Responses
             && let Some(n) = last_sequence_number(out)
@@ -427,6 +431,35 @@ mod tests {
     const USAGE: &str =
         "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
     const CONTENT: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"usage\"}}]}\n\n";
+
+    #[test]
+    fn a_stream_is_complete_at_its_end_marker_or_a_providers_error_event() {
+        let mut f = Framer::new(Api::Chat, false);
+        run(&mut f, &[CONTENT.as_bytes()]).unwrap();
+        assert!(!f.complete(), "content alone is a cut answer");
+        // Quoting the marker in text is not the marker.
+        run(
+            &mut f,
+            &[b"data: {\"choices\":[{\"delta\":{\"content\":\"[DONE]\"}}]}\n\n"],
+        )
+        .unwrap();
+        assert!(!f.complete());
+        run(&mut f, &[b"data: [DONE]\n\n"]).unwrap();
+        assert!(f.complete());
+        let mut f = Framer::new(Api::Chat, false);
+        let error = b"data: {\"error\":{\"message\":\"m\",\"type\":\"server_error\"}}\n\n";
+        run(&mut f, &[CONTENT.as_bytes(), error]).unwrap();
+        assert!(f.complete(), "the provider's error event ends the stream");
+        let mut f = Framer::new(Api::Responses, false);
+        run(
+            &mut f,
+            &[b"event: response.output_text.delta\ndata: {}\n\n"],
+        )
+        .unwrap();
+        assert!(!f.complete());
+        run(&mut f, &[b"event: response.completed\ndata: {}\n\n"]).unwrap();
+        assert!(f.complete());
+    }
 
     #[test]
     fn whole_events_pass_and_a_partial_one_waits() {

@@ -321,6 +321,8 @@ struct ArmedFault {
 struct StreamSettings {
     chunks: usize,
     delay: Duration,
+    /// Error answers without `Content-Length` (chunked).
+    chunked_errors: bool,
 }
 
 #[derive(Debug)]
@@ -406,6 +408,7 @@ impl MockUpstream {
             stream: Mutex::new(StreamSettings {
                 chunks: Self::DEFAULT_STREAM_CHUNKS,
                 delay: Duration::ZERO,
+                chunked_errors: false,
             }),
             models: Mutex::new(
                 ["gpt-4o-mini", "gpt-4.1-mini", "gpt-4o", "o3"]
@@ -502,6 +505,13 @@ impl MockUpstream {
     /// none). [`UpstreamFault::SlowStream`] overrides it per model.
     pub fn set_chunk_delay(&self, delay: Duration) {
         lock(&self.state.stream).delay = delay;
+    }
+
+    /// Whether [`UpstreamFault::Error`] answers are sent without a
+    /// `Content-Length` (chunked, as HTTP/2 providers and proxies often
+    /// send them; default: with one).
+    pub fn set_chunked_errors(&self, chunked: bool) {
+        lock(&self.state.stream).chunked_errors = chunked;
     }
 
     /// The model ids `GET /v1/models` lists.
@@ -666,7 +676,14 @@ async fn complete(
             status,
             retry_after,
         }) => return injected_status(*status, *retry_after),
-        Some(error @ UpstreamFault::Error { .. }) => return injected_error(error),
+        Some(error @ UpstreamFault::Error { .. }) => {
+            let response = injected_error(error);
+            return if settings.chunked_errors {
+                without_length(response)
+            } else {
+                response
+            };
+        }
         Some(UpstreamFault::Delay(wait)) => tokio::time::sleep(*wait).await,
         Some(UpstreamFault::FirstTokenDelay(wait)) if !streamed => {
             tokio::time::sleep(*wait).await;
@@ -1192,6 +1209,13 @@ fn injected_error(fault: &UpstreamFault) -> Response {
         response.headers_mut().insert(RETRY_AFTER, value);
     }
     response
+}
+
+/// The same answer with a body of unknown length: sent chunked.
+fn without_length(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from_stream(body.into_data_stream()))
 }
 
 fn openai_error(

@@ -380,21 +380,29 @@ impl Upstream {
         for name in &DROPPED_RESPONSE_HEADERS {
             parts.headers.remove(name);
         }
-        if let Some(length) = small_client_error(&parts) {
-            // Read it whole: a context-length failure is tried once more on
-            // a model with a larger window.
-            let read =
-                tokio::time::timeout_at(deadline, Limited::new(body, length).collect()).await;
-            let Ok(Ok(collected)) = read else {
+        if let Some(cap) = client_error_to_read(&parts) {
+            // Read it whole when it is small: a context-length failure is
+            // tried once more on a model with a larger window.
+            let read = tokio::time::timeout_at(deadline, read_prefix(body, cap)).await;
+            let Ok(Ok((bytes, rest))) = read else {
                 return Err(UpstreamError::other(
                     "the provider's 400 answer broke before it was complete",
                 ));
             };
-            let bytes = collected.to_bytes();
-            if is_context_length_exceeded(&bytes) {
-                parts.extensions.insert(ContextLengthExceeded);
-            }
-            return Ok(Response::from_parts(parts, Body::from(bytes)));
+            let body = match rest {
+                None => {
+                    if is_context_length_exceeded(&bytes) {
+                        parts.extensions.insert(ContextLengthExceeded);
+                    }
+                    Body::from(bytes)
+                }
+                // Longer than any error envelope: passed on as it is.
+                Some(rest) => Body::new(Prefixed {
+                    prefix: Some(bytes),
+                    rest,
+                }),
+            };
+            return Ok(Response::from_parts(parts, body));
         }
         let sse = is_event_stream(&parts.headers);
         let answer = sse && parts.status.is_success();
@@ -405,7 +413,9 @@ impl Upstream {
             buffer: BytesMut::new(),
             overflow: false,
             found: None,
-            finished: false,
+            // A stream's usage counts once its head goes to the client (a
+            // client that leaves during the first-token wait got nothing).
+            finished: answer,
         });
         let mut body = UpstreamBody {
             inner: body,
@@ -432,7 +442,11 @@ impl Upstream {
             )
             .await;
             match first {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    if let Some(usage) = body.usage.as_mut() {
+                        usage.finished = false;
+                    }
+                }
                 Ok(Err(reason)) => {
                     body.abandon();
                     return Err(UpstreamError::other(reason));
@@ -542,19 +556,66 @@ impl Upstream {
 /// The largest `400` body read whole to look for a context-length failure.
 const CLIENT_ERROR_BODY_CAP: usize = 64 << 10;
 
-/// The declared length of a `400` answer small enough to read whole.
-fn small_client_error(parts: &http::response::Parts) -> Option<usize> {
+/// How much of a `400` answer to read before passing it on: all of it when
+/// its declared length is at most [`CLIENT_ERROR_BODY_CAP`], up to the cap
+/// when it declares none (HTTP/2 and chunked answers); `None` for other
+/// statuses and longer answers.
+fn client_error_to_read(parts: &http::response::Parts) -> Option<usize> {
     if parts.status != http::StatusCode::BAD_REQUEST {
         return None;
     }
-    parts
-        .headers
-        .get(header::CONTENT_LENGTH)?
+    let Some(declared) = parts.headers.get(header::CONTENT_LENGTH) else {
+        return Some(CLIENT_ERROR_BODY_CAP);
+    };
+    declared
         .to_str()
         .ok()?
         .parse::<usize>()
         .ok()
         .filter(|n| *n <= CLIENT_ERROR_BODY_CAP)
+}
+
+/// Reads `body` to its end, or until more than `cap` bytes came: then what
+/// was read comes with the rest of the body.
+async fn read_prefix(
+    mut body: Incoming,
+    cap: usize,
+) -> Result<(Bytes, Option<Incoming>), hyper::Error> {
+    let mut read = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            read.extend_from_slice(&data);
+            if read.len() > cap {
+                return Ok((read.freeze(), Some(body)));
+            }
+        }
+    }
+    Ok((read.freeze(), None))
+}
+
+/// Bytes already read, then the rest of the body.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
 }
 
 /// Whether an OpenAI error body says the prompt does not fit the model
