@@ -15,6 +15,7 @@
 //! | [`breaker`] | the circuit-breaking backoff stage |
 //! | [`continuation`] | continuing a stream that broke after its head |
 //! | [`session`] | session stores: memory (bounded) and Redis |
+//! | [`headers`] | Sentinel's header names |
 //! | [`health`] | active health checks of providers |
 //! | [`recovery`] | background probes of open models (early recovery) |
 //! | [`error`] | Sentinel's own errors in the OpenAI envelope |
@@ -52,6 +53,7 @@ pub mod continuation;
 mod decision;
 pub mod error;
 mod grpc;
+pub mod headers;
 pub mod health;
 pub mod metrics;
 pub mod recovery;
@@ -68,9 +70,9 @@ pub use breaker::{AttemptReport, Backoff, BackoffFuture};
 pub use continuation::{Continuation, ContinuationAttempt};
 pub use decision::{RoutingDecision, SelectionReason};
 pub use error::{ErrorCode, SentinelError};
+pub use headers::{MODEL as MODEL_HEADER, TIER as TIER_HEADER};
 pub use retry::{ContextLengthExceeded, NextModel};
 pub use session::{MemorySessionStore, RedisSessionStore, SessionStore};
-pub use tier_routing::service::{MODEL_HEADER, TIER_HEADER};
 pub use tier_routing::{
     InvalidConfig, ResponseFuture, TierRouting, TierRoutingLayer, TierRoutingLayerBuilder,
 };

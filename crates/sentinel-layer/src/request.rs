@@ -20,9 +20,9 @@ use serde_json::value::RawValue;
 use crate::error::{ErrorCode, SentinelError};
 
 /// The session header (`X-Sentinel-Session`).
-pub(crate) const SESSION_HEADER: &str = "x-sentinel-session";
+pub(crate) use crate::headers::SESSION as SESSION_HEADER;
 /// The tier header (`X-Sentinel-Tier`).
-pub(crate) const TIER_HEADER: &str = "x-sentinel-tier";
+pub(crate) use crate::headers::TIER as TIER_HEADER;
 
 /// The longest session id accepted, in characters (all ASCII, so bytes).
 const MAX_SESSION_LEN: usize = 128;

@@ -24,7 +24,7 @@ use crate::settings::Secret;
 use crate::upstream::Upstream;
 
 /// The request-id header.
-pub const REQUEST_ID: &str = "x-request-id";
+pub use sentinel_layer::headers::REQUEST_ID;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -305,9 +305,7 @@ fn unauthorized() -> Response {
 }
 
 /// The request-id header, parsed once.
-const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
-const TIER_NAME: HeaderName = HeaderName::from_static(sentinel_layer::TIER_HEADER);
-const MODEL_NAME: HeaderName = HeaderName::from_static(sentinel_layer::MODEL_HEADER);
+use sentinel_layer::headers::{MODEL_NAME, REQUEST_ID_NAME, TIER_NAME};
 
 /// A client's request id when it is sane: 1 to 128 of `A-Z a-z 0-9 . _ : -`.
 fn sane_request_id(value: &HeaderValue) -> Option<&str> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, header};
+use http::{HeaderValue, Request, Response, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Limited};
 use sentinel_core::{PickReason, Pinned, SessionPlan, Tier, TierConfig};
@@ -21,16 +21,12 @@ use crate::breaker::Backoff;
 use crate::breaker::state::{Ticket, TicketSlot};
 use crate::decision::{RoutingDecision, SelectionReason};
 use crate::error::{ErrorCode, SentinelError};
+use crate::headers;
 use crate::metrics as m;
 use crate::request;
 use crate::retry::{NextModel, RouteContext};
 use crate::select::NoModel;
 use crate::upstream::{BoxError, UpstreamErrorKind};
-
-/// The response header naming the model that produced the response.
-pub const MODEL_HEADER: &str = "x-sentinel-model";
-/// The response header naming the effective tier.
-pub const TIER_HEADER: &str = "x-sentinel-tier";
 
 /// The tier-routing service made by [`TierRoutingLayer`](super::TierRoutingLayer).
 pub struct TierRouting<S> {
@@ -129,7 +125,7 @@ fn reject<R>(error: SentinelError, grpc: bool, tier: Option<Tier>) -> Response<R
     if let Some(tier) = tier {
         response
             .headers_mut()
-            .insert(TIER_HEADER_NAME, HeaderValue::from_static(tier.as_str()));
+            .insert(headers::TIER_NAME, HeaderValue::from_static(tier.as_str()));
     }
     count_request(tier, None, &response);
     response
@@ -344,16 +340,12 @@ where
     response
 }
 
-/// [`MODEL_HEADER`] and [`TIER_HEADER`] as header names, parsed once.
-const MODEL_HEADER_NAME: HeaderName = HeaderName::from_static(MODEL_HEADER);
-const TIER_HEADER_NAME: HeaderName = HeaderName::from_static(TIER_HEADER);
-
 fn stamp<R>(response: &mut Response<R>, decision: &RoutingDecision) {
     if let Ok(model) = HeaderValue::from_str(&decision.model) {
-        response.headers_mut().insert(MODEL_HEADER_NAME, model);
+        response.headers_mut().insert(headers::MODEL_NAME, model);
     }
     response.headers_mut().insert(
-        TIER_HEADER_NAME,
+        headers::TIER_NAME,
         HeaderValue::from_static(decision.tier.as_str()),
     );
 }

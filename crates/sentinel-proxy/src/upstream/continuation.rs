@@ -77,7 +77,7 @@ impl Resume {
         hide_usage: bool,
     ) -> Box<Resume> {
         let mut headers = headers.clone();
-        headers.remove("idempotency-key");
+        headers.remove(super::IDEMPOTENCY_KEY);
         Box::new(Resume {
             upstream,
             handle,
@@ -324,7 +324,8 @@ impl Splice {
             id: prefill.id,
             created: prefill.created,
             comment: Some(Bytes::from(format!(
-                ": x-sentinel-continued-model: {model}\n\n"
+                ": {}: {model}\n\n",
+                sentinel_layer::headers::CONTINUED_MODEL
             ))),
         }
     }

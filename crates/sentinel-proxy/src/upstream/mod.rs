@@ -206,11 +206,15 @@ pub const FORWARDED_REQUEST_HEADERS: [HeaderName; 7] = [
     header::CONTENT_TYPE,
     header::ACCEPT,
     header::USER_AGENT,
-    HeaderName::from_static("idempotency-key"),
-    HeaderName::from_static(crate::REQUEST_ID),
+    IDEMPOTENCY_KEY,
+    sentinel_layer::headers::REQUEST_ID_NAME,
     HeaderName::from_static("traceparent"),
     HeaderName::from_static("tracestate"),
 ];
+
+/// The client's idempotency key: forwarded with the request (not with a
+/// continuation, which is another request).
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Whether the client's `Connection` header names `name`: such a header is
 /// for this hop only.
