@@ -49,6 +49,6 @@ pub use config::{
     ConfigError, ModelEntry, Pricing, RawModel, RawPricing, RawTier, RawTierConfig, RawTiers,
     TierConfig,
 };
-pub use session::{PickReason, Pinned, SessionPlan};
+pub use session::{PickReason, PinWrite, Pinned, SessionPlan};
 pub use source::{ConfigFuture, ConfigUnavailable, StaticConfig, TierConfigSource};
 pub use tier::{Tier, UnknownTier};

@@ -14,6 +14,13 @@
 //!
 //! The effective tier is always `max(session tier, requested tier)`.
 //!
+//! What a store writes over the pin it holds follows the same rule,
+//! written once in [`PinWrite::replaces`]: a session's first pin or an
+//! upgrade replaces only a lower tier; a re-pin after a failover replaces
+//! the same or a lower tier; nothing ever replaces a higher tier.
+//! [`PinWrite::CASES`] lists every case, for the stores' tests (the Redis
+//! store's script is checked against it on a real server).
+//!
 //! # Example
 //!
 //! ```
@@ -40,6 +47,73 @@ use std::sync::Arc;
 
 use crate::config::{ModelEntry, TierConfig};
 use crate::tier::Tier;
+
+/// How a store writes a new pin over the one a session holds. See
+/// [`PinWrite::replaces`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PinWrite {
+    /// A request's candidate (`pin_or_get`): pins a new session, or
+    /// upgrades one to a strictly higher tier.
+    Upgrade,
+    /// The model a failover landed on (`repin`): replaces a pin of the same
+    /// or a lower tier, never a higher one.
+    Repin,
+}
+
+impl PinWrite {
+    /// The upgrade-only rule: whether a pin of tier `new` replaces the pin
+    /// held (`None`: no pin, or one that cannot be read).
+    ///
+    /// ```
+    /// use sentinel_core::{PinWrite, Tier};
+    ///
+    /// assert!(PinWrite::Upgrade.replaces(None, Tier::Simple));
+    /// assert!(PinWrite::Upgrade.replaces(Some(Tier::Simple), Tier::Moderate));
+    /// assert!(!PinWrite::Upgrade.replaces(Some(Tier::Moderate), Tier::Moderate));
+    /// assert!(PinWrite::Repin.replaces(Some(Tier::Moderate), Tier::Moderate));
+    /// assert!(!PinWrite::Repin.replaces(Some(Tier::Complex), Tier::Moderate));
+    /// ```
+    pub fn replaces(self, held: Option<Tier>, new: Tier) -> bool {
+        match (self, held) {
+            (_, None) => true,
+            (PinWrite::Upgrade, Some(held)) => new > held,
+            (PinWrite::Repin, Some(held)) => new >= held,
+        }
+    }
+
+    /// Every case of the rule, written out by hand: `(write, held, new,
+    /// replaces)`. Both session stores are tested against it.
+    pub const CASES: [(PinWrite, Option<Tier>, Tier, bool); 24] = {
+        use PinWrite::{Repin, Upgrade};
+        use Tier::{Complex as C, Moderate as M, Simple as S};
+        [
+            (Upgrade, None, S, true),
+            (Upgrade, None, M, true),
+            (Upgrade, None, C, true),
+            (Upgrade, Some(S), S, false),
+            (Upgrade, Some(S), M, true),
+            (Upgrade, Some(S), C, true),
+            (Upgrade, Some(M), S, false),
+            (Upgrade, Some(M), M, false),
+            (Upgrade, Some(M), C, true),
+            (Upgrade, Some(C), S, false),
+            (Upgrade, Some(C), M, false),
+            (Upgrade, Some(C), C, false),
+            (Repin, None, S, true),
+            (Repin, None, M, true),
+            (Repin, None, C, true),
+            (Repin, Some(S), S, true),
+            (Repin, Some(S), M, true),
+            (Repin, Some(S), C, true),
+            (Repin, Some(M), S, false),
+            (Repin, Some(M), M, true),
+            (Repin, Some(M), C, true),
+            (Repin, Some(C), S, false),
+            (Repin, Some(C), M, false),
+            (Repin, Some(C), C, true),
+        ]
+    };
+}
 
 /// What a session is pinned to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -106,7 +180,7 @@ impl SessionPlan {
                 reason: PickReason::New,
             };
         };
-        if requested > pin.tier {
+        if PinWrite::Upgrade.replaces(Some(pin.tier), requested) {
             return SessionPlan::Pick {
                 tier: requested,
                 reason: PickReason::Upgrade,
@@ -133,6 +207,22 @@ impl SessionPlan {
 mod tests {
     use super::*;
     use crate::RawTierConfig;
+
+    #[test]
+    fn the_pin_rule_follows_its_table_of_cases() {
+        for (write, held, new, replaces) in PinWrite::CASES {
+            assert_eq!(
+                write.replaces(held, new),
+                replaces,
+                "{write:?} of {new:?} over {held:?}"
+            );
+        }
+        // Every (write, held, new) appears once.
+        let mut seen = std::collections::HashSet::new();
+        for (write, held, new, _) in PinWrite::CASES {
+            assert!(seen.insert((write, held, new)));
+        }
+    }
 
     fn config() -> TierConfig {
         let raw: RawTierConfig = serde_json::from_str(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::Pool;
-use sentinel_core::{Pinned, Tier};
+use sentinel_core::{PinWrite, Pinned, Tier};
 use sentinel_layer::session::{
     MemorySessionStore, PinOutcome, RedisSessionStore, SessionError, SessionStore,
 };
@@ -43,6 +43,31 @@ fn outcome(previous: Option<&Pinned>, current: Option<&Pinned>) -> PinOutcome {
     PinOutcome {
         previous: previous.cloned(),
         current: current.cloned(),
+    }
+}
+
+/// Every case of the core rule ([`PinWrite::CASES`]) against a store: the
+/// pin held is set with `repin` (which writes over no pin), then the write
+/// is made, then the pin in force read back.
+async fn follows_the_core_rule(store: &dyn SessionStore, prefix: &str) {
+    for (i, (write, held, new, replaces)) in PinWrite::CASES.into_iter().enumerate() {
+        let session = format!("{prefix}-case-{i}");
+        let held = held.map(|tier| pin(tier, "held"));
+        if let Some(held) = &held {
+            store.repin(&session, held).await.unwrap();
+        }
+        let new = pin(new, "new");
+        match write {
+            PinWrite::Upgrade => {
+                store.pin_or_get(&session, Some(&new)).await.unwrap();
+            }
+            PinWrite::Repin => {
+                store.repin(&session, &new).await.unwrap();
+            }
+        }
+        let current = store.pin_or_get(&session, None).await.unwrap().current;
+        let expected = if replaces { Some(new) } else { held };
+        assert_eq!(current, expected, "case {i}: {write:?} over {expected:?}");
     }
 }
 
@@ -303,6 +328,17 @@ async fn memory_clones_share_the_store() {
 }
 
 // ---- redis ----
+
+#[tokio::test]
+async fn memory_follows_every_case_of_the_core_rule() {
+    follows_the_core_rule(&MemorySessionStore::new(), "memory").await;
+}
+
+#[tokio::test]
+async fn redis_follows_every_case_of_the_core_rule() {
+    let redis = RedisServer::start().unwrap();
+    follows_the_core_rule(&redis_store(&redis, TTL).await, "redis").await;
+}
 
 #[tokio::test]
 async fn redis_follows_the_upgrade_only_rule() {

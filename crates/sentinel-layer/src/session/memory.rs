@@ -7,7 +7,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use sentinel_core::Pinned;
+use sentinel_core::{PinWrite, Pinned};
 use tokio::time::Instant;
 
 use super::{PinOutcome, SessionError, SessionFuture, SessionStore};
@@ -368,7 +368,7 @@ impl Inner {
         let held = self.live(key, now);
         let previous = held.map(|slot| self.pin_of(slot).clone());
         match candidate {
-            Some(c) if previous.as_ref().is_none_or(|p| p.tier < c.tier) => {
+            Some(c) if PinWrite::Upgrade.replaces(previous.as_ref().map(|p| p.tier), c.tier) => {
                 self.put(key, held, c, now);
                 PinOutcome {
                     previous,
@@ -393,7 +393,7 @@ impl Inner {
         let key = self.key(session);
         let held = self.live(key, now);
         match held {
-            Some(slot) if self.pin_of(slot).tier > pin.tier => {
+            Some(slot) if !PinWrite::Repin.replaces(Some(self.pin_of(slot).tier), pin.tier) => {
                 self.touch(slot, now);
                 Some(self.pin_of(slot).clone())
             }
@@ -655,7 +655,11 @@ mod tests {
             self.expire(now);
             let previous = self.map.get(session).map(|(p, _, _)| p.clone());
             let current = match candidate {
-                Some(c) if previous.as_ref().is_none_or(|p| p.tier < c.tier) => Some(c.clone()),
+                Some(c)
+                    if PinWrite::Upgrade.replaces(previous.as_ref().map(|p| p.tier), c.tier) =>
+                {
+                    Some(c.clone())
+                }
                 _ => previous.clone(),
             };
             if let Some(p) = &current {
@@ -667,7 +671,9 @@ mod tests {
         fn repin(&mut self, session: &str, pin: &Pinned, now: Instant) -> Option<Pinned> {
             self.expire(now);
             let current = match self.map.get(session) {
-                Some((held, _, _)) if held.tier > pin.tier => held.clone(),
+                Some((held, _, _)) if !PinWrite::Repin.replaces(Some(held.tier), pin.tier) => {
+                    held.clone()
+                }
                 _ => pin.clone(),
             };
             self.see(session, current.clone(), now);

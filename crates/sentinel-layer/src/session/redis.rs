@@ -21,6 +21,9 @@ use crate::bounded_redis::{BoundedRedis, Guarded, guarded_script};
 /// Returns `{now, previous, current}`, '' meaning none (a Lua `nil` inside a
 /// table would truncate it). A value that is not a pin (written by someone
 /// else, or not a string) counts as none and is overwritten when pinning.
+/// The comparison is [`sentinel_core::PinWrite::Upgrade`]'s (a strictly
+/// higher tier); the store is tested against every case of
+/// [`PinWrite::CASES`](sentinel_core::PinWrite::CASES) on a real server.
 const PIN_OR_GET: &str = guarded_script!(
     r#"
 local key = KEYS[1]
@@ -46,8 +49,8 @@ return {now, prev, prev}
 "#
 );
 
-/// Replaces the pin unless the pin in force has a higher tier, and slides
-/// the TTL either way.
+/// Replaces the pin unless the pin in force has a higher tier
+/// ([`sentinel_core::PinWrite::Repin`]), and slides the TTL either way.
 ///
 /// KEYS[1]: the session key. ARGV[1]: the deadline. ARGV[2]: TTL in ms.
 /// ARGV[3]: the new pin's encoded value. ARGV[4]: its tier index. Returns
