@@ -39,7 +39,8 @@ use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
 use crate::breaker::AttemptReport;
-use crate::breaker::service::{Record, error_outcome, head_outcome};
+use crate::breaker::service::Record;
+use crate::classify::{error_outcome, head_outcome};
 use crate::decision::{RoutingDecision, SelectionReason};
 use crate::metrics as m;
 use crate::retry::RouteContext;

@@ -44,6 +44,7 @@ use http::{HeaderValue, Request, StatusCode, Uri, header};
 use tokio::time::Instant;
 
 use crate::InvalidConfig;
+use crate::classify::Probe;
 use crate::metrics as m;
 use crate::tier_routing::Shared;
 use crate::upstream::BoxError;
@@ -189,46 +190,6 @@ impl HealthChecks {
             ));
         }
         Ok(())
-    }
-}
-
-/// What one probe says of a provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Probe {
-    /// 2xx: up; resets the provider's breaker.
-    Up,
-    /// No answer in time, no connection, 429, 502, 503 or 504: the provider
-    /// (or the gateway in front of it) says it cannot serve. Feeds the
-    /// provider's breaker.
-    Down,
-    /// Any other status (a 404 or 501 from a provider without the probe
-    /// path or method, a 401 for a key without that permission, a 500): the
-    /// provider answered, so it is reachable, but it is not shown up
-    /// either. Changes nothing; request outcomes still drive the breakers.
-    Inconclusive,
-}
-
-impl Probe {
-    fn of(answer: Result<StatusCode, ()>) -> Self {
-        match answer {
-            Ok(status) if status.is_success() => Probe::Up,
-            Ok(
-                StatusCode::TOO_MANY_REQUESTS
-                | StatusCode::BAD_GATEWAY
-                | StatusCode::SERVICE_UNAVAILABLE
-                | StatusCode::GATEWAY_TIMEOUT,
-            ) => Probe::Down,
-            Ok(_) => Probe::Inconclusive,
-            Err(()) => Probe::Down,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Probe::Up => "up",
-            Probe::Down => "down",
-            Probe::Inconclusive => "inconclusive",
-        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! | [`tier_routing`] | the layer, its builder and the routing service |
 //! | [`retry`] | the retry policy: the next model of the tier, once |
 //! | [`breaker`] | the circuit-breaking backoff stage |
+//! | [`classify`] | what an answer says of its model: one rule per question |
 //! | [`continuation`] | continuing a stream that broke after its head |
 //! | [`session`] | session stores: memory (bounded) and Redis |
 //! | [`headers`] | Sentinel's header names |
@@ -49,6 +50,7 @@
 mod body;
 mod bounded_redis;
 pub mod breaker;
+pub mod classify;
 pub mod continuation;
 mod decision;
 pub mod error;

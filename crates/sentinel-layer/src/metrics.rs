@@ -89,13 +89,4 @@ pub fn describe() {
     describe_counter!(ERRORS, "Responses Sentinel made itself, by error code.");
 }
 
-/// The `status` label: `2xx`, `4xx`, ...
-pub fn status_class(status: http::StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
+pub use crate::classify::status_class;

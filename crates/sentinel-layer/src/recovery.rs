@@ -7,8 +7,10 @@
 //! first one interval after the breaker opened, and never before a
 //! `Retry-After` the provider gave has passed. A `2xx` closes the breaker
 //! and resets its backoff at once (unless it moved on while the probe ran);
-//! anything else changes nothing (a `4xx` but `429`, such as a model that
-//! refuses the probe's `max_tokens`, is counted as `inconclusive`), and
+//! anything else changes nothing (the `result` label follows
+//! [`Probe`](crate::classify::Probe): `down` for no answer, 429, 502, 503
+//! or 504; `inconclusive` for any other status, such as a model that
+//! refuses the probe's `max_tokens`), and
 //! real traffic keeps the seed's schedule (30 s, doubling, at most 5 min).
 //! Only models of the current tier config are probed. The
 //! probes are counted in `sentinel_model_probes_total`; what they cost is
@@ -46,7 +48,7 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::InvalidConfig;
-use crate::breaker::service::is_retryable_status;
+use crate::classify::Probe;
 use crate::metrics as m;
 use crate::tier_routing::Shared;
 use crate::upstream::BoxError;
@@ -150,12 +152,12 @@ pub(crate) async fn run(shared: Weak<Shared>, probes: ModelProbes) {
                     tokio::time::timeout(timeout, client.probe(&run.provider, &run.model)).await;
                 // Only an answer closes the breaker; a 4xx but 429 (a model
                 // that refuses the probe's shape, say) says nothing.
-                let result_label = match &result {
-                    Ok(Ok(status)) if status.is_success() => "up",
-                    Ok(Ok(status)) if !is_retryable_status(*status) => "inconclusive",
-                    _ => "down",
+                let probe = match &result {
+                    Ok(Ok(status)) => Probe::of(Ok(*status)),
+                    _ => Probe::of(Err(())),
                 };
-                run.up = result_label == "up";
+                run.up = probe == Probe::Up;
+                let result_label = probe.as_str();
                 ::metrics::counter!(m::MODEL_PROBES,
                     "provider" => run.provider.clone(),
                     "model" => run.model.clone(),

@@ -1,7 +1,7 @@
 //! The retry stage's policy: once more, on the next model of the tier.
 //!
 //! [`NextModel`] is a tower [`Policy`]: on a connection error, a timeout,
-//! 429, 500, 502, 503 or 504 it chooses another model of the same tier that
+//! a 429 or any 5xx (the [`classify`](crate::classify) rule) it chooses another model of the same tier that
 //! has not been tried (the same weighted rule, open breakers excluded),
 //! rewrites the buffered body for it and tries once more. Other 4xx pass
 //! through. The decision is made on the response head, so a stream that
@@ -40,8 +40,8 @@ use tokio::time::Instant;
 use tower::retry::Policy;
 
 use crate::body::{ResponseBody, RoutedBody};
-use crate::breaker::service::{is_retryable_status, retry_after};
 use crate::breaker::state::TicketSlot;
+use crate::classify::{is_failure_status, retry_after};
 use crate::decision::{RoutingDecision, SelectionReason};
 use crate::error::{ErrorCode, SentinelError};
 use crate::metrics as m;
@@ -125,7 +125,7 @@ impl<B, ResBody> Policy<Request<RoutedBody<B>>, Response<ResponseBody<ResBody>>,
             {
                 Failure::ContextLength
             }
-            Ok(response) if !is_retryable_status(response.status()) => return None,
+            Ok(response) if !is_failure_status(response.status()) => return None,
             Ok(response) if response.status() == http::StatusCode::TOO_MANY_REQUESTS => {
                 Failure::RateLimited(retry_after(response.headers()))
             }

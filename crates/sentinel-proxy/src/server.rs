@@ -147,7 +147,8 @@ impl tower::Service<Request> for Answered {
 }
 
 fn upstream_failed(e: &UpstreamError) -> Response {
-    SentinelError::new(ErrorCode::UpstreamFailed, e.to_string())
+    let code = sentinel_layer::classify::error_code(e.kind(), false);
+    SentinelError::new(code, e.to_string())
         .into_response()
         .into_response()
 }

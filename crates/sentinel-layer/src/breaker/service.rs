@@ -4,9 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
-use http::{HeaderMap, Request, Response, StatusCode, header};
+use http::{Request, Response};
 use http_body_util::Either;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -15,8 +14,9 @@ use tower_service::Service;
 use super::report::AttemptReport;
 use super::state::{Breakers, Outcome, Ticket, TicketSlot};
 use crate::body::{ResponseBody, RoutedBody};
+use crate::classify::{error_outcome, head_outcome};
 use crate::decision::RoutingDecision;
-use crate::upstream::{BoxError, UpstreamError, UpstreamErrorKind};
+use crate::upstream::{BoxError, UpstreamError};
 
 /// The circuit-breaking backoff stage: refuses an attempt on a model whose
 /// breaker is open and records every attempt's outcome. Requests without a
@@ -52,40 +52,6 @@ impl<S> Backoff<S> {
     pub fn into_inner(self) -> S {
         self.inner
     }
-}
-
-/// Whether a response status is a retryable failure: 429 or 5xx.
-pub(crate) fn is_retryable_status(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
-}
-
-/// Whether a trailers-only gRPC response says the model could not serve:
-/// `grpc-status` UNAVAILABLE (14), RESOURCE_EXHAUSTED (8) or
-/// DEADLINE_EXCEEDED (4). (A status in the trailers of a streamed body is
-/// not seen: the outcome is decided on the response head.)
-pub(crate) fn is_grpc_unavailable(headers: &HeaderMap) -> bool {
-    matches!(
-        headers.get("grpc-status").map(|v| v.as_bytes()),
-        Some(b"14" | b"8" | b"4")
-    )
-}
-
-/// The upstream's `Retry-After`, in delta-seconds or as an HTTP-date (then
-/// the time left until it, zero when it has passed), when it sent one.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    // A day at most: a provider's word is a hint, not a reason to park a
-    // model for years (or to overflow a clock).
-    const CAP: Duration = Duration::from_secs(86_400);
-    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs).min(CAP));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO)
-            .min(CAP),
-    )
 }
 
 impl<S, B, ResBody> Service<Request<RoutedBody<B>>> for Backoff<S>
@@ -127,28 +93,6 @@ where
         req.extensions_mut().insert(report.clone());
         let record = Record::new(decision, ticket, self.breakers.clone(), report);
         BackoffFuture::called(self.inner.call(req), Some(record))
-    }
-}
-
-/// What a response head says of its model: a retryable status or an
-/// unavailable gRPC status is a failure (with the provider's
-/// `Retry-After`); anything else, a success so far.
-pub(crate) fn head_outcome(status: StatusCode, headers: &HeaderMap) -> Outcome {
-    if is_retryable_status(status) || is_grpc_unavailable(headers) {
-        Outcome::ModelFailure {
-            retry_after: retry_after(headers),
-        }
-    } else {
-        Outcome::Success
-    }
-}
-
-/// What a failure before the head says: the provider when it could not be
-/// reached, else the model.
-pub(crate) fn error_outcome(error: &UpstreamError) -> Outcome {
-    match error.kind() {
-        UpstreamErrorKind::Connect => Outcome::ConnectFailure,
-        _ => Outcome::ModelFailure { retry_after: None },
     }
 }
 
@@ -286,52 +230,5 @@ where
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failures_are_read_from_the_head() {
-        assert!(is_retryable_status(StatusCode::TOO_MANY_REQUESTS));
-        assert!(is_retryable_status(StatusCode::BAD_GATEWAY));
-        assert!(!is_retryable_status(StatusCode::BAD_REQUEST));
-        let mut headers = HeaderMap::new();
-        assert!(!is_grpc_unavailable(&headers));
-        headers.insert("grpc-status", http::HeaderValue::from_static("14"));
-        assert!(is_grpc_unavailable(&headers));
-        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
-        assert!(
-            !is_grpc_unavailable(&headers),
-            "INVALID_ARGUMENT is the caller's"
-        );
-        headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-        let later = std::time::SystemTime::now() + Duration::from_secs(120);
-        let date = httpdate::fmt_http_date(later);
-        headers.insert(header::RETRY_AFTER, date.parse().unwrap());
-        let wait = retry_after(&headers).unwrap();
-        assert!(
-            (Duration::from_secs(115)..=Duration::from_secs(120)).contains(&wait),
-            "{wait:?}"
-        );
-        headers.insert(
-            header::RETRY_AFTER,
-            http::HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(retry_after(&headers), Some(Duration::ZERO), "a date passed");
-        headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&headers), None);
-        headers.insert(
-            header::RETRY_AFTER,
-            http::HeaderValue::from_static("18446744073709551615"),
-        );
-        assert_eq!(
-            retry_after(&headers),
-            Some(Duration::from_secs(86_400)),
-            "capped at a day"
-        );
     }
 }

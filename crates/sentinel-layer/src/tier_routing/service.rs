@@ -26,7 +26,7 @@ use crate::metrics as m;
 use crate::request;
 use crate::retry::{NextModel, RouteContext};
 use crate::select::NoModel;
-use crate::upstream::{BoxError, UpstreamErrorKind};
+use crate::upstream::BoxError;
 
 /// The tier-routing service made by [`TierRoutingLayer`](super::TierRoutingLayer).
 pub struct TierRouting<S> {
@@ -306,11 +306,7 @@ where
         Ok(r) => r,
         // A request that could not be retried (gRPC) failed before a response.
         Err(e) => {
-            let code = match e.kind() {
-                UpstreamErrorKind::Timeout => ErrorCode::UpstreamTimeout,
-                UpstreamErrorKind::BackingOff => ErrorCode::AllModelsBackingOff,
-                _ => ErrorCode::UpstreamFailed,
-            };
+            let code = crate::classify::error_code(e.kind(), false);
             let err = SentinelError::new(code, e.to_string());
             let mut r = reject(err, grpc, Some(decision.tier));
             stamp(&mut r, &decision);
