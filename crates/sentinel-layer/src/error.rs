@@ -134,6 +134,16 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// The API a stream belongs to: it decides the shape of an SSE error event
+/// ([`SentinelError::sse_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamApi {
+    /// Chat completions: `data: {"error":{...}}`.
+    Chat,
+    /// The Responses API: `event: error` with its `error` event shape.
+    Responses,
+}
+
 /// An error Sentinel answers itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentinelError {
@@ -186,6 +196,35 @@ impl SentinelError {
         Bytes::from(envelope.to_string())
     }
 
+    /// The error as the SSE event that ends a stream whose head already
+    /// went out: `data: {"error":{...}}` (the envelope) for chat
+    /// completions; `event: error` with the Responses API's error shape
+    /// (`type`, `code`, `message`, `param`, `sequence_number`: `sequence`,
+    /// or 0) for `/v1/responses`.
+    pub fn sse_event(&self, api: StreamApi, sequence: Option<u64>) -> Bytes {
+        let text = match api {
+            StreamApi::Chat => {
+                let envelope = self.body();
+                let mut event = Vec::with_capacity(envelope.len() + 8);
+                event.extend_from_slice(b"data: ");
+                event.extend_from_slice(&envelope);
+                event.extend_from_slice(b"\n\n");
+                return Bytes::from(event);
+            }
+            StreamApi::Responses => {
+                let event = serde_json::json!({
+                    "type": "error",
+                    "code": self.code.as_str(),
+                    "message": self.message,
+                    "param": null,
+                    "sequence_number": sequence.unwrap_or(0),
+                });
+                format!("event: error\ndata: {event}\n\n")
+            }
+        };
+        Bytes::from(text)
+    }
+
     /// The response: status, JSON envelope, `Retry-After` when set.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         ::metrics::counter!(crate::metrics::ERRORS, "code" => self.code.as_str()).increment(1);
@@ -224,6 +263,30 @@ impl std::error::Error for SentinelError {}
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn stream_error_events_take_each_apis_shape() {
+        let err = SentinelError::new(ErrorCode::UpstreamTimeout, "stalled");
+        let chat = err.sse_event(StreamApi::Chat, None);
+        let payload = chat
+            .strip_prefix(b"data: ")
+            .and_then(|p| p.strip_suffix(b"\n\n"))
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        assert_eq!(json["error"]["code"], "upstream_timeout");
+        assert_eq!(json["error"]["type"], "server_error");
+        assert_eq!(json["error"]["message"], "stalled");
+        let responses = err.sse_event(StreamApi::Responses, Some(7));
+        let text = std::str::from_utf8(&responses).unwrap();
+        let payload = text
+            .strip_prefix("event: error\ndata: ")
+            .and_then(|p| p.strip_suffix("\n\n"))
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(payload).unwrap();
+        assert_eq!(json["type"], "error");
+        assert_eq!(json["code"], "upstream_timeout");
+        assert_eq!(json["sequence_number"], 7);
+    }
 
     #[tokio::test]
     async fn envelope_has_message_type_and_code() {

@@ -71,7 +71,7 @@ pub use body::{ResponseBody, RoutedBody};
 pub use breaker::{AttemptReport, Backoff, BackoffFuture};
 pub use continuation::{Continuation, ContinuationAttempt};
 pub use decision::{RoutingDecision, SelectionReason};
-pub use error::{ErrorCode, SentinelError};
+pub use error::{ErrorCode, SentinelError, StreamApi};
 pub use headers::{MODEL as MODEL_HEADER, TIER as TIER_HEADER};
 pub use retry::{ContextLengthExceeded, NextModel};
 pub use session::{MemorySessionStore, RedisSessionStore, SessionStore};

@@ -8,7 +8,7 @@
 //! `Retry-After` the provider gave has passed. A `2xx` closes the breaker
 //! and resets its backoff at once (unless it moved on while the probe ran);
 //! anything else changes nothing (the `result` label follows
-//! [`Probe`](crate::classify::Probe): `down` for no answer, 429, 502, 503
+//! [`Probe`]: `down` for no answer, 429, 502, 503
 //! or 504; `inconclusive` for any other status, such as a model that
 //! refuses the probe's `max_tokens`), and
 //! real traffic keeps the seed's schedule (30 s, doubling, at most 5 min).

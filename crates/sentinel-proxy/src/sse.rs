@@ -15,6 +15,7 @@
 //! event.
 
 use bytes::{Bytes, BytesMut};
+use sentinel_layer::SentinelError;
 
 /// The largest event held back while it is incomplete.
 pub(crate) const EVENT_CAP: usize = 1 << 20;
@@ -24,13 +25,7 @@ pub(crate) const EVENT_CAP: usize = 1 << 20;
 pub(crate) struct EventTooLarge;
 
 /// The API a stream belongs to: it decides the shape of the error event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Api {
-    /// Chat completions: `data: {"error":{...}}`.
-    Chat,
-    /// The Responses API: `event: error` with its `error` event shape.
-    Responses,
-}
+pub(crate) use sentinel_layer::StreamApi as Api;
 
 /// Cuts an SSE stream into whole events. See the [module docs](self).
 #[derive(Debug, Clone)]
@@ -161,9 +156,9 @@ impl Framer {
     /// The upstream stream broke: the partial event is dropped and the
     /// error event for the client is returned. It starts on an event
     /// boundary, since only whole events were passed on.
-    pub(crate) fn fail(&mut self, code: &str, message: &str) -> Bytes {
+    pub(crate) fn fail(&mut self, error: &SentinelError) -> Bytes {
         self.pending.clear();
-        error_event(self.api, code, message, self.last_sequence.map(|n| n + 1))
+        error.sse_event(self.api, self.last_sequence.map(|n| n + 1))
     }
 
     fn check_cap(&self) -> Result<(), EventTooLarge> {
@@ -290,29 +285,6 @@ fn last_sequence_number(bytes: &[u8]) -> Option<u64> {
         .take_while(u8::is_ascii_digit)
         .collect();
     std::str::from_utf8(&digits).ok()?.parse().ok()
-}
-
-/// The event that ends a broken stream, in `api`'s error shape.
-pub(crate) fn error_event(api: Api, code: &str, message: &str, sequence: Option<u64>) -> Bytes {
-    let text = match api {
-        Api::Chat => {
-            let event = serde_json::json!({
-                "error": { "message": message, "type": "server_error", "param": null, "code": code }
-            });
-            format!("data: {event}\n\n")
-        }
-        Api::Responses => {
-            let event = serde_json::json!({
-                "type": "error",
-                "code": code,
-                "message": message,
-                "param": null,
-                "sequence_number": sequence.unwrap_or(0),
-            });
-            format!("event: error\ndata: {event}\n\n")
-        }
-    };
-    Bytes::from(text)
 }
 
 /// Whether `needle` occurs in `haystack`.
@@ -543,7 +515,10 @@ mod tests {
     fn the_error_event_follows_whole_events_only() {
         let mut f = Framer::new(Api::Chat, false);
         let out = run(&mut f, &[b"data: {\"a\":1}\n\ndata: {\"trunc"]).unwrap();
-        let error = f.fail("upstream_failed", "broke");
+        let error = f.fail(&SentinelError::new(
+            sentinel_layer::ErrorCode::UpstreamFailed,
+            "broke",
+        ));
         let mut all = out.clone();
         all.extend_from_slice(&error);
         let text = String::from_utf8(all).unwrap();
@@ -561,7 +536,10 @@ mod tests {
             &[b"event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0}\n\nevent: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\": 7}\n\nevent: x\ndata: {\"sequence_number\":9"],
         )
         .unwrap();
-        let error = f.fail("upstream_timeout", "stalled");
+        let error = f.fail(&SentinelError::new(
+            sentinel_layer::ErrorCode::UpstreamTimeout,
+            "stalled",
+        ));
         let text = std::str::from_utf8(&error).unwrap();
         let data = text
             .strip_prefix("event: error\ndata: ")
@@ -670,7 +648,7 @@ mod tests {
                 // Had it broken here instead, the error event would follow
                 // what was passed on, whole, with nothing of the partial
                 // event in between.
-                let error = failed.fail("upstream_failed", "x");
+                let error = failed.fail(&SentinelError::new(sentinel_layer::ErrorCode::UpstreamFailed, "x"));
                 let expected_start: &[u8] = b"data: {\"error\"";
                 prop_assert!(error.starts_with(expected_start), "{:?}", error);
                 prop_assert!(failed.pending.is_empty());
@@ -707,7 +685,7 @@ mod tests {
                 start = cut;
             }
             if fail_at.is_some() {
-                let error = f.fail("upstream_failed", "x");
+                let error = f.fail(&SentinelError::new(sentinel_layer::ErrorCode::UpstreamFailed, "x"));
                 // Everything passed on is whole events of the stream.
                 prop_assert!(expected.starts_with(&out));
                 out.extend_from_slice(&error);

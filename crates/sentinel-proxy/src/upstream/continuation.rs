@@ -25,11 +25,11 @@
 //! token) the client gets the error event the first attempt's failure
 //! earned, never the fallback's. An answer is continued only when it is a
 //! single choice of plain text: tool calls, refusals, several choices, an
-//! error event already sent, or more than [`TEXT_CAP`] of text end with the
+//! error event already sent, or more than 1 MiB of text (`TEXT_CAP`) end with the
 //! error event as before.
 //!
 //! What it costs a stream that never breaks: the events sent are copied
-//! into a bounded log ([`RAW_CAP`]), read only when the log fills or the
+//! into a bounded log (64 KiB, `RAW_CAP`), read only when the log fills or the
 //! stream breaks.
 
 use std::future::Future;

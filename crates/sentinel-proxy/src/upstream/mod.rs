@@ -48,7 +48,7 @@ use crate::metrics as m;
 use crate::settings::Provider;
 use crate::sse::{self, contains};
 
-pub mod continuation;
+mod continuation;
 
 use continuation::{Resume, Resuming};
 
@@ -108,7 +108,7 @@ struct BodyPlan {
 }
 
 /// Whether a streamed chat answer that breaks after its head is continued
-/// on the next model of the tier (see [`continuation`]).
+/// on the next model of the tier (docs/configuration.md, "Continuing a broken stream").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamContinuation {
     /// Continue it (the default).
@@ -1162,7 +1162,7 @@ impl http_body::Body for UpstreamBody {
                         "the upstream stream broke before it finished",
                     ),
                 };
-                let event = framer.fail(code.as_str(), message);
+                let event = framer.fail(&SentinelError::new(code, message));
                 // A break or a stall (not an oversized event, which the next
                 // model would not help) is continued on the next model when
                 // the answer can be; the client gets this event only if that
