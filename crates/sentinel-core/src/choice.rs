@@ -30,7 +30,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use crate::config::ModelEntry;
+use crate::model::ModelEntry;
 
 /// The models of one tier and their selection weights.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -46,6 +46,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::choice::TierModels;
+pub use crate::model::{ModelEntry, Pricing};
 use crate::tier::Tier;
 
 /// The most models one tier may hold.
@@ -237,84 +238,6 @@ pub struct RawPricing {
     pub output_per_mtok_usd: f64,
 }
 
-/// Validated token prices, in US dollars per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Pricing {
-    input_per_mtok_usd: f64,
-    output_per_mtok_usd: f64,
-}
-
-impl Pricing {
-    /// Price of a million input tokens.
-    pub fn input_per_mtok_usd(&self) -> f64 {
-        self.input_per_mtok_usd
-    }
-
-    /// Price of a million output tokens.
-    pub fn output_per_mtok_usd(&self) -> f64 {
-        self.output_per_mtok_usd
-    }
-
-    /// The cost in US dollars of a request that used these token counts.
-    pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
-        (input_tokens as f64 * self.input_per_mtok_usd
-            + output_tokens as f64 * self.output_per_mtok_usd)
-            / 1_000_000.0
-    }
-}
-
-/// A validated model of a tier.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelEntry {
-    provider: Arc<str>,
-    model: Arc<str>,
-    relative_cost: u8,
-    pricing: Option<Pricing>,
-    context_window: Option<u64>,
-}
-
-impl ModelEntry {
-    /// The provider that serves the model.
-    pub fn provider(&self) -> &str {
-        &self.provider
-    }
-
-    /// The provider name, shared (cheap to clone into metrics labels and extensions).
-    pub fn provider_arc(&self) -> &Arc<str> {
-        &self.provider
-    }
-
-    /// The upstream model name.
-    pub fn model(&self) -> &str {
-        &self.model
-    }
-
-    /// The model name, shared.
-    pub fn model_arc(&self) -> &Arc<str> {
-        &self.model
-    }
-
-    /// Relative cost in `1..=10`.
-    pub fn relative_cost(&self) -> u8 {
-        self.relative_cost
-    }
-
-    /// Token prices, when the config gave them.
-    pub fn pricing(&self) -> Option<Pricing> {
-        self.pricing
-    }
-
-    /// The context window in tokens, when the config gave it.
-    pub fn context_window(&self) -> Option<u64> {
-        self.context_window
-    }
-
-    /// Whether this entry is `model` served by `provider`.
-    pub fn is(&self, provider: &str, model: &str) -> bool {
-        &*self.provider == provider && &*self.model == model
-    }
-}
-
 /// An immutable, validated tier config: for each tier, its models and
 /// precomputed selection weights. The default has no models at all.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -348,7 +271,7 @@ impl TierConfig {
             let mut models = Vec::with_capacity(raw_tier.models.len());
             for (index, m) in raw_tier.models.iter().enumerate() {
                 let entry = validate_model(tier, index, m)?;
-                if !seen.insert((entry.provider.clone(), entry.model.clone())) {
+                if !seen.insert((entry.provider_arc().clone(), entry.model_arc().clone())) {
                     return Err(ConfigError::at(
                         tier,
                         index,
@@ -422,14 +345,14 @@ impl TierConfig {
                 models: models
                     .iter()
                     .map(|m| RawModel {
-                        provider: m.provider.to_string(),
-                        model: m.model.to_string(),
-                        relative_cost: i64::from(m.relative_cost),
-                        pricing: m.pricing.map(|p| RawPricing {
-                            input_per_mtok_usd: p.input_per_mtok_usd,
-                            output_per_mtok_usd: p.output_per_mtok_usd,
+                        provider: m.provider().to_owned(),
+                        model: m.model().to_owned(),
+                        relative_cost: i64::from(m.relative_cost()),
+                        pricing: m.pricing().map(|p| RawPricing {
+                            input_per_mtok_usd: p.input_per_mtok_usd(),
+                            output_per_mtok_usd: p.output_per_mtok_usd(),
                         }),
-                        context_window: m.context_window,
+                        context_window: m.context_window(),
                     })
                     .collect(),
             });
@@ -486,19 +409,16 @@ fn validate_model(tier: Tier, index: usize, m: &RawModel) -> Result<ModelEntry, 
                     ));
                 }
             }
-            Some(Pricing {
-                input_per_mtok_usd: p.input_per_mtok_usd,
-                output_per_mtok_usd: p.output_per_mtok_usd,
-            })
+            Some(Pricing::new(p.input_per_mtok_usd, p.output_per_mtok_usd))
         }
     };
-    Ok(ModelEntry {
-        provider: m.provider.as_str().into(),
-        model: m.model.as_str().into(),
+    Ok(ModelEntry::new(
+        m.provider.as_str().into(),
+        m.model.as_str().into(),
         relative_cost,
         pricing,
-        context_window: m.context_window.filter(|w| *w >= 1),
-    })
+        m.context_window.filter(|w| *w >= 1),
+    ))
 }
 
 /// Why a tier-config document was rejected: which field of which model.
@@ -813,10 +733,7 @@ mod tests {
 
     #[test]
     fn pricing_computes_cost() {
-        let p = Pricing {
-            input_per_mtok_usd: 0.15,
-            output_per_mtok_usd: 0.60,
-        };
+        let p = Pricing::new(0.15, 0.60);
         let cost = p.cost_usd(1_000_000, 500_000);
         assert!((cost - 0.45).abs() < 1e-12, "{cost}");
         assert_eq!(p.cost_usd(0, 0), 0.0);

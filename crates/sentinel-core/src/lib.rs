@@ -38,6 +38,7 @@
 pub mod backoff;
 pub mod choice;
 pub mod config;
+mod model;
 pub mod redact;
 pub mod session;
 pub mod source;
