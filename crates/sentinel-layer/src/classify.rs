@@ -32,9 +32,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, StatusCode, header};
 
-use crate::breaker::state::Outcome;
 use crate::error::ErrorCode;
-use crate::upstream::{UpstreamError, UpstreamErrorKind};
+use crate::upstream::UpstreamErrorKind;
 
 /// Whether a response head says the model failed: a 429, any 5xx, or a
 /// trailers-only gRPC answer that says it could not serve
@@ -138,27 +137,6 @@ impl Probe {
             Probe::Down => "down",
             Probe::Inconclusive => "inconclusive",
         }
-    }
-}
-
-/// What a response head means for the breakers: a failure (with the
-/// provider's `Retry-After`), or an answer so far.
-pub(crate) fn head_outcome(status: StatusCode, headers: &HeaderMap) -> Outcome {
-    if is_failure(status, headers) {
-        Outcome::ModelFailure {
-            retry_after: retry_after(headers),
-        }
-    } else {
-        Outcome::Success
-    }
-}
-
-/// What a failure before the head means for the breakers: the provider's
-/// when it could not be reached, else the model's.
-pub(crate) fn error_outcome(error: &UpstreamError) -> Outcome {
-    match error.kind() {
-        UpstreamErrorKind::Connect => Outcome::ConnectFailure,
-        _ => Outcome::ModelFailure { retry_after: None },
     }
 }
 

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 
 use crate::breaker::AttemptReport;
 use crate::breaker::service::Record;
-use crate::classify::{error_outcome, head_outcome};
+use crate::breaker::state::Outcome;
 use crate::decision::{RoutingDecision, SelectionReason};
 use crate::metrics as m;
 use crate::retry::RouteContext;
@@ -163,14 +163,14 @@ impl ContinuationAttempt {
     /// goes, unless it was told otherwise.
     pub fn answered(self, status: StatusCode, headers: &HeaderMap) -> AttemptReport {
         let report = self.record.report();
-        self.record.finish(head_outcome(status, headers));
+        self.record.finish(Outcome::of_head(status, headers));
         report
     }
 
     /// The continuation failed before its head: a connection failure counts
     /// against the provider, anything else against the model.
     pub fn failed(self, error: &UpstreamError) {
-        self.record.finish(error_outcome(error));
+        self.record.finish(Outcome::of_error(error));
     }
 }
 

@@ -259,6 +259,24 @@ impl fmt::Display for SentinelError {
 
 impl std::error::Error for SentinelError {}
 
+/// Settings that break a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidConfig(String);
+
+impl InvalidConfig {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        InvalidConfig(message.into())
+    }
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid tier-routing settings: {}", self.0)
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

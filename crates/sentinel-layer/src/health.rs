@@ -13,8 +13,9 @@
 //! The layer does no HTTP itself: the embedding application hands it a
 //! [`HealthClient`] that sends the probe (the proxy uses its upstream
 //! client). The tasks belong to state shared by every clone of the layer,
-//! start on first use inside a runtime, and stop when the last clone is
-//! dropped; they never block a request.
+//! start with the layer (see [`TierRoutingLayer::start_background_tasks`](crate::TierRoutingLayer::start_background_tasks) for when exactly), never
+//! from a request, and stop when the last clone is dropped; they never
+//! block a request.
 //!
 //! # Example
 //!
@@ -43,10 +44,10 @@ use std::time::Duration;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
 use tokio::time::Instant;
 
-use crate::InvalidConfig;
+use crate::breaker::state::Breakers;
 use crate::classify::Probe;
+use crate::error::InvalidConfig;
 use crate::metrics as m;
-use crate::tier_routing::Shared;
 use crate::upstream::BoxError;
 
 /// The future a [`HealthClient`] returns: the probe's status.
@@ -194,7 +195,7 @@ impl HealthChecks {
 }
 
 /// Probes one target forever, until the layer is gone.
-pub(crate) async fn run(shared: Weak<Shared>, target: HealthTarget, checks: HealthChecks) {
+pub(crate) async fn run(breakers: Weak<Breakers>, target: HealthTarget, checks: HealthChecks) {
     let Some(request) = target.request(&checks.path) else {
         tracing::error!(provider = %target.provider, "health-check URL is invalid; not probing");
         return;
@@ -212,10 +213,9 @@ pub(crate) async fn run(shared: Weak<Shared>, target: HealthTarget, checks: Heal
             Err(_) => Probe::Down,
         };
         {
-            let Some(shared) = shared.upgrade() else {
+            let Some(breakers) = breakers.upgrade() else {
                 return;
             };
-            let breakers = &shared.selector.breakers;
             match result {
                 Probe::Up => breakers.health(&target.provider, true, Instant::now()),
                 Probe::Down => breakers.health(&target.provider, false, Instant::now()),

@@ -47,6 +47,7 @@
 //! # }
 //! ```
 
+mod background;
 mod body;
 mod bounded_redis;
 pub mod breaker;

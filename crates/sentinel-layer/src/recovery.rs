@@ -17,8 +17,8 @@
 //! the client's to count (the proxy counts their tokens apart).
 //!
 //! Like the health checks, the layer does no HTTP itself, and the task
-//! belongs to state shared by every clone of the layer: it starts on first
-//! use inside a runtime and stops with the last clone.
+//! belongs to state shared by every clone of the layer: it starts with the
+//! layer (never from a request) and stops with the last clone.
 //!
 //! # Example
 //!
@@ -47,10 +47,11 @@ use std::time::Duration;
 use http::StatusCode;
 use tokio::time::Instant;
 
-use crate::InvalidConfig;
+use crate::background::LastConfig;
+use crate::breaker::state::Breakers;
 use crate::classify::Probe;
+use crate::error::InvalidConfig;
 use crate::metrics as m;
-use crate::tier_routing::Shared;
 use crate::upstream::BoxError;
 
 /// The future a [`ModelProbeClient`] returns: the probe's status.
@@ -121,16 +122,14 @@ impl ModelProbes {
 /// The probing task: wakes every second (or every interval, when shorter),
 /// probes the models of the current config that are due, each in a task of
 /// its own.
-pub(crate) async fn run(shared: Weak<Shared>, probes: ModelProbes) {
+pub(crate) async fn run(breakers: Weak<Breakers>, last_config: LastConfig, probes: ModelProbes) {
     let tick = probes.interval.min(Duration::from_secs(1));
     loop {
         tokio::time::sleep(tick).await;
-        let Some(layer) = shared.upgrade() else {
+        let Some(breakers) = breakers.upgrade() else {
             return;
         };
-        let breakers = layer.selector.breakers.clone();
-        let config = layer.last_config.load_full();
-        drop(layer);
+        let config = last_config.load_full();
         // Models no longer in the config are not probed.
         let Some(config) = config else { continue };
         let in_config = |p: &str, m: &str| config.models().any(|(_, e)| e.is(p, m));

@@ -61,23 +61,24 @@ async fn settle() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn probes_start_lazily_then_run_every_interval_with_the_key() {
+async fn probes_start_with_the_layer_then_run_every_interval_with_the_key() {
     let probe = Probe::default();
+    // Built inside a runtime: the tasks start with the layer, not with a
+    // request (no request is sent before the first probe).
     let layer = layer(&probe);
     settle().await;
     assert_eq!(
         probe.calls.load(Ordering::SeqCst),
-        0,
-        "nothing before the first use"
+        1,
+        "the first probe at start-up"
     );
-
     let app = echo_app(layer);
     assert_eq!(send(&app, chat(json!({}))).await.status, StatusCode::OK);
     settle().await;
     assert_eq!(
         probe.calls.load(Ordering::SeqCst),
         1,
-        "the first probe at start-up"
+        "a request starts nothing"
     );
     let seen = probe.seen.lock().unwrap().clone();
     assert_eq!(seen[0].0, "https://provider.test/v1/models");
@@ -89,6 +90,24 @@ async fn probes_start_lazily_then_run_every_interval_with_the_key() {
     tokio::time::advance(Duration::from_secs(15)).await;
     settle().await;
     assert_eq!(probe.calls.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn a_layer_built_outside_a_runtime_starts_its_tasks_when_it_wraps_a_service_inside_one() {
+    let probe = Probe::default();
+    let layer = layer(&probe);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        settle().await;
+        assert_eq!(probe.calls.load(Ordering::SeqCst), 0, "no runtime at build");
+        let _app = echo_app(layer);
+        settle().await;
+        assert_eq!(probe.calls.load(Ordering::SeqCst), 1, "started by layer()");
+    });
 }
 
 #[tokio::test(start_paused = true)]

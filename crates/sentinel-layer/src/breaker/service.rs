@@ -14,7 +14,6 @@ use tower_service::Service;
 use super::report::AttemptReport;
 use super::state::{Breakers, Outcome, Ticket, TicketSlot};
 use crate::body::{ResponseBody, RoutedBody};
-use crate::classify::{error_outcome, head_outcome};
 use crate::decision::RoutingDecision;
 use crate::upstream::{BoxError, UpstreamError};
 
@@ -215,7 +214,7 @@ where
                 };
                 match result {
                     Ok(response) => {
-                        let outcome = head_outcome(response.status(), response.headers());
+                        let outcome = Outcome::of_head(response.status(), response.headers());
                         let decision = record.decision.clone();
                         record.finish(outcome);
                         let mut response = response.map(Either::Left);
@@ -224,7 +223,7 @@ where
                     }
                     Err(e) => {
                         let error = UpstreamError::classify(e.into());
-                        record.finish(error_outcome(&error));
+                        record.finish(Outcome::of_error(&error));
                         Poll::Ready(Err(error))
                     }
                 }

@@ -16,7 +16,6 @@ use std::time::Duration;
 use fred::clients::Pool;
 use tokio::time::Instant;
 
-use super::state::Breakers;
 use crate::bounded_redis::{BoundedRedis, guarded_script};
 use crate::metrics as m;
 
@@ -98,34 +97,35 @@ impl SharedOpenState {
         });
     }
 
-    /// Reads the open state of `models` and applies it to `breakers`.
-    pub(crate) async fn sync(&self, breakers: &Breakers, models: &[(Arc<str>, Arc<str>)]) {
+    /// Reads the open state of `models`: for each, until when another
+    /// replica opened it (`None`: closed). `None` when Redis did not answer
+    /// (or there is no config yet: then it learns Redis's clock meanwhile,
+    /// so that the first opening goes out in one round trip).
+    pub(crate) async fn read_open(
+        &self,
+        models: &[(Arc<str>, Arc<str>)],
+    ) -> Option<Vec<Option<Instant>>> {
         if models.is_empty() {
-            // No config yet: learn Redis's clock meanwhile, so that the
-            // first opening goes out in one round trip.
             if !self.redis.knows_the_clock()
                 && let Err(e) = self.redis.calibrate().await
             {
                 fallback("sync", &e);
             }
-            return;
+            return None;
         }
         let keys = models.iter().map(|(p, m)| self.key(p, m)).collect();
         let ttls = match self.redis.pttl_many(keys).await {
             Ok(ttls) => ttls,
             Err(e) => {
                 fallback("sync", &e);
-                return;
+                return None;
             }
         };
         let now = Instant::now();
-        for ((provider, model), ttl) in models.iter().zip(ttls) {
-            if ttl > 0 {
-                let until = now + Duration::from_millis(ttl.unsigned_abs());
-                breakers.open_remotely(provider, model, until);
-            } else {
-                breakers.close_remote(provider, model);
-            }
-        }
+        Some(
+            ttls.into_iter()
+                .map(|ttl| (ttl > 0).then(|| now + Duration::from_millis(ttl.unsigned_abs())))
+                .collect(),
+        )
     }
 }

@@ -41,6 +41,30 @@ pub(crate) enum Outcome {
     ConnectFailure,
 }
 
+impl Outcome {
+    /// What a response head means for the breakers: a failure (with the
+    /// provider's `Retry-After`) by the [`classify`](crate::classify) rule,
+    /// or an answer so far.
+    pub(crate) fn of_head(status: http::StatusCode, headers: &http::HeaderMap) -> Self {
+        if crate::classify::is_failure(status, headers) {
+            Outcome::ModelFailure {
+                retry_after: crate::classify::retry_after(headers),
+            }
+        } else {
+            Outcome::Success
+        }
+    }
+
+    /// What a failure before the head means for the breakers: the
+    /// provider's when it could not be reached, else the model's.
+    pub(crate) fn of_error(error: &crate::UpstreamError) -> Self {
+        match error.kind() {
+            crate::UpstreamErrorKind::Connect => Outcome::ConnectFailure,
+            _ => Outcome::ModelFailure { retry_after: None },
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     failures: u32,
@@ -415,6 +439,24 @@ impl Breakers {
         } else {
             let b = self.provider_or_insert(provider);
             self.fail(&b, "provider", provider, None, None, None, now);
+        }
+    }
+
+    /// Reads the shared open state of `models` (when the breakers are
+    /// shared across replicas) and applies it: a model another replica
+    /// opened is open here until then; one it closed since is closed.
+    pub(crate) async fn sync_shared(&self, models: &[(Arc<str>, Arc<str>)]) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Some(open) = shared.read_open(models).await else {
+            return;
+        };
+        for ((provider, model), until) in models.iter().zip(open) {
+            match until {
+                Some(until) => self.open_remotely(provider, model, until),
+                None => self.close_remote(provider, model),
+            }
         }
     }
 

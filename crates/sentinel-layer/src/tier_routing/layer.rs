@@ -15,6 +15,7 @@ use super::{Routes, Sessions, Shared};
 use crate::breaker::Backoff;
 use crate::breaker::shared::SharedOpenState;
 use crate::breaker::state::{BreakerSettings, Breakers};
+use crate::error::InvalidConfig;
 use crate::health::HealthChecks;
 use crate::recovery::ModelProbes;
 use crate::retry::NextModel;
@@ -40,9 +41,9 @@ impl TierRoutingLayer {
     /// 30 s doubling to 300 s, no health checks, the default routed paths
     /// and a 32 MiB body limit. Never fails.
     pub fn new(source: impl TierConfigSource) -> Self {
-        TierRoutingLayer {
-            shared: Arc::new(TierRoutingLayerBuilder::new(Arc::new(source)).shared()),
-        }
+        let shared = Arc::new(TierRoutingLayerBuilder::new(Arc::new(source)).shared());
+        shared.start_background();
+        TierRoutingLayer { shared }
     }
 
     /// A builder for the optional parts.
@@ -50,11 +51,13 @@ impl TierRoutingLayer {
         TierRoutingLayerBuilder::new(Arc::new(source))
     }
 
-    /// Starts the background tasks (health checks, shared breaker sync) now
-    /// instead of on the first request. Must be called inside a tokio
-    /// runtime; does nothing the second time.
+    /// Starts the background tasks (health checks, background model
+    /// probes, shared breaker sync). They start by themselves when the layer
+    /// is built, or wraps a service, inside a tokio runtime; call this for a
+    /// layer built and applied outside one, from inside a runtime. Never
+    /// from a request; does nothing the second time.
     pub fn start_background_tasks(&self) {
-        self.shared.ensure_background();
+        self.shared.start_background();
     }
 }
 
@@ -62,29 +65,14 @@ impl<S: Clone> Layer<S> for TierRoutingLayer {
     type Service = TierRouting<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        // A layer built outside a runtime starts its tasks here, if this is
+        // inside one.
+        self.shared.start_background();
         let backoff = Backoff::new(inner.clone(), self.shared.selector.breakers.clone());
         let stack = Retry::new(NextModel::new(self.shared.selector.clone()), backoff);
         TierRouting::new(self.shared.clone(), inner, stack)
     }
 }
-
-/// Settings that break a rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidConfig(String);
-
-impl InvalidConfig {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
-        InvalidConfig(message.into())
-    }
-}
-
-impl fmt::Display for InvalidConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid tier-routing settings: {}", self.0)
-    }
-}
-
-impl std::error::Error for InvalidConfig {}
 
 /// Builds a [`TierRoutingLayer`], validating every setting.
 pub struct TierRoutingLayerBuilder {
@@ -305,9 +293,9 @@ impl TierRoutingLayerBuilder {
                 "gRPC path `{p}` covers a JSON routed path: gRPC never applies to the JSON routes"
             )));
         }
-        Ok(TierRoutingLayer {
-            shared: Arc::new(self.shared()),
-        })
+        let shared = Arc::new(self.shared());
+        shared.start_background();
+        Ok(TierRoutingLayer { shared })
     }
 
     fn shared(self) -> Shared {

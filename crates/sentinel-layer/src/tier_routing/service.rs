@@ -98,7 +98,6 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.shared.ensure_background();
         let mode = self.shared.mode(req.method(), req.uri(), req.headers());
         if mode == Mode::PassThrough {
             let inner = self.inner.clone();

@@ -1,0 +1,73 @@
+//! The state every clone of a layer and its services shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Method, Uri};
+use sentinel_core::{TierConfig, TierConfigSource};
+
+use super::routes::{Mode, Routes};
+use crate::background::{Background, LastConfig};
+use crate::health::HealthChecks;
+use crate::recovery::ModelProbes;
+use crate::select::Selector;
+use crate::session::SessionStore;
+
+pub(crate) struct Sessions {
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) wait: Duration,
+}
+
+/// State shared by every clone of a layer and its services.
+pub(crate) struct Shared {
+    pub(crate) source: Arc<dyn TierConfigSource>,
+    pub(crate) selector: Arc<Selector>,
+    pub(crate) sessions: Option<Sessions>,
+    routes: Routes,
+    pub(crate) body_limit: usize,
+    pub(crate) body_timeout: Duration,
+    /// The latest config seen by a request (for the shared-breaker sync
+    /// and the background probes).
+    last_config: LastConfig,
+    background: Background,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        source: Arc<dyn TierConfigSource>,
+        selector: Arc<Selector>,
+        sessions: Option<Sessions>,
+        routes: Routes,
+        (body_limit, body_timeout): (usize, Duration),
+        (health, probes): (Option<HealthChecks>, Option<ModelProbes>),
+    ) -> Self {
+        Shared {
+            source,
+            selector,
+            sessions,
+            routes,
+            body_limit,
+            body_timeout,
+            last_config: LastConfig::default(),
+            background: Background::new(health, probes),
+        }
+    }
+
+    pub(crate) fn mode(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Mode {
+        self.routes.mode(method, uri, headers)
+    }
+
+    pub(crate) fn remember(&self, config: &Arc<TierConfig>) {
+        let seen = self.last_config.load();
+        if !seen.as_ref().is_some_and(|c| Arc::ptr_eq(c, config)) {
+            self.last_config.store(Some(config.clone()));
+        }
+    }
+
+    /// Starts the background tasks once, when inside a runtime (see
+    /// [`crate::background`]).
+    pub(crate) fn start_background(&self) {
+        self.background
+            .start(&self.selector.breakers, &self.last_config);
+    }
+}
