@@ -313,11 +313,12 @@ where
         }
     };
 
+    // The decision of the attempt that answered travels on in the
+    // response's extensions; taken out and put back, never copied.
     let last = response
-        .extensions()
-        .get::<RoutingDecision>()
-        .cloned()
-        .unwrap_or(decision.clone());
+        .extensions_mut()
+        .remove::<RoutingDecision>()
+        .unwrap_or(decision);
     stamp(&mut response, &last);
     count_request(Some(last.tier), Some(&last), &response);
 
@@ -332,6 +333,7 @@ where
             session_fallback();
         }
     }
+    response.extensions_mut().insert(last);
     response
 }
 

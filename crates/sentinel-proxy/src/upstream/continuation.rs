@@ -43,7 +43,9 @@ use http_body::Frame;
 use sentinel_layer::{Continuation, RoutingDecision, UpstreamError};
 use serde::Deserialize;
 
-use super::{BodyPlan, Upstream, is_event_stream, with_include_usage};
+use super::{
+    BodyPlan, IDEMPOTENCY_KEY, Upstream, forwarded_headers, is_event_stream, with_include_usage,
+};
 use crate::metrics as m;
 use crate::sse;
 
@@ -65,24 +67,22 @@ pub(crate) struct Resume {
 }
 
 impl Resume {
-    /// `headers` are the client's headers that go upstream (without the
-    /// provider's key; an `Idempotency-Key` is left out: the continuation is
-    /// another request).
+    /// `client_headers` are the client's request headers: the ones that go
+    /// upstream are picked from them if the stream breaks (an
+    /// `Idempotency-Key` is left out: the continuation is another request).
     pub(crate) fn new(
         upstream: Upstream,
         handle: Continuation,
-        headers: &HeaderMap,
+        client_headers: HeaderMap,
         method: Method,
         rest: &str,
         hide_usage: bool,
     ) -> Box<Resume> {
-        let mut headers = headers.clone();
-        headers.remove(super::IDEMPOTENCY_KEY);
         Box::new(Resume {
             upstream,
             handle,
-            headers,
             method,
+            headers: client_headers,
             rest: rest.into(),
             hide_usage,
             transcript: Transcript::default(),
@@ -142,6 +142,8 @@ impl Resume {
             return None;
         };
         let (body, _) = with_include_usage(body);
+        let mut headers = forwarded_headers(&headers);
+        headers.remove(IDEMPOTENCY_KEY);
         let plan = BodyPlan {
             api: sse::Api::Chat,
             hide_usage,

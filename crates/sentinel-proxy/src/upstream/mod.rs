@@ -216,6 +216,21 @@ pub const FORWARDED_REQUEST_HEADERS: [HeaderName; 7] = [
 /// continuation, which is another request).
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
+/// The client's headers that go upstream ([`FORWARDED_REQUEST_HEADERS`],
+/// minus any its `Connection` header names).
+fn forwarded_headers(client: &http::HeaderMap) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::with_capacity(FORWARDED_REQUEST_HEADERS.len() + 2);
+    for name in &FORWARDED_REQUEST_HEADERS {
+        if named_in_connection(client, name) {
+            continue;
+        }
+        for value in client.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
 /// Whether the client's `Connection` header names `name`: such a header is
 /// for this hop only.
 fn named_in_connection(headers: &http::HeaderMap, name: &HeaderName) -> bool {
@@ -263,7 +278,15 @@ impl Upstream {
         self,
         req: Request<RoutedBody<Body>>,
     ) -> Result<Response<Body>, UpstreamError> {
-        let Some(decision) = req.extensions().get::<RoutingDecision>().cloned() else {
+        let (parts, body) = req.into_parts();
+        let http::request::Parts {
+            method,
+            uri,
+            headers: client_headers,
+            extensions,
+            ..
+        } = parts;
+        let Some(decision) = extensions.get::<RoutingDecision>() else {
             // The server sends only routed requests here; anything else is
             // not Sentinel's to forward.
             let err = SentinelError::new(ErrorCode::NotFound, "this request is not routed");
@@ -275,12 +298,11 @@ impl Upstream {
                 decision.provider
             )));
         };
-        let report = req.extensions().get::<AttemptReport>().cloned();
-        let (parts, body) = req.into_parts();
-        let path = parts.uri.path();
+        let report = extensions.get::<AttemptReport>().cloned();
+        let path = uri.path();
         let rest = path.strip_prefix("/v1").unwrap_or(path);
         // The client's query string stays behind: neither routed API takes one.
-        let uri = target.uri(rest)?;
+        let upstream_uri = target.uri(rest)?;
         // Streaming chat completions: ask for the usage chunk so costs can be
         // counted, and hide it from a client that did not ask for it.
         let chat = rest.ends_with("/chat/completions");
@@ -289,35 +311,31 @@ impl Upstream {
         } else {
             sse::Api::Responses
         };
-
-        let mut headers = http::HeaderMap::with_capacity(FORWARDED_REQUEST_HEADERS.len() + 2);
-        for name in &FORWARDED_REQUEST_HEADERS {
-            if named_in_connection(&parts.headers, name) {
-                continue;
-            }
-            for value in parts.headers.get_all(name) {
-                headers.append(name.clone(), value.clone());
-            }
-        }
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| UpstreamError::other(e.into_inner()))?
-            .to_bytes();
+        let headers = forwarded_headers(&client_headers);
+        // The layer hands over the body it buffered: no second read.
+        let bytes = match body.as_bytes() {
+            Some(bytes) => bytes.clone(),
+            None => body
+                .collect()
+                .await
+                .map_err(|e| UpstreamError::other(e.into_inner()))?
+                .to_bytes(),
+        };
         let (bytes, hide_usage) = if decision.stream && chat {
             with_include_usage(bytes)
         } else {
             (bytes, false)
         };
         // A streamed chat answer that breaks after its head is continued on
-        // the next model, while the request's retry is unused.
+        // the next model, while the request's retry is unused. It keeps the
+        // client's headers (no copy: they are not needed past this point).
         let resume = if chat && decision.stream && self.0.continuation == StreamContinuation::On {
-            Continuation::of(&parts.extensions).map(|handle| {
+            Continuation::of(&extensions).map(|handle| {
                 Resume::new(
                     self.clone(),
                     handle,
-                    &headers,
-                    parts.method.clone(),
+                    client_headers,
+                    method.clone(),
                     rest,
                     hide_usage,
                 )
@@ -331,7 +349,7 @@ impl Upstream {
             report,
             resume,
         };
-        self.send(&decision, target, parts.method, uri, headers, bytes, plan)
+        self.send(decision, target, method, upstream_uri, headers, bytes, plan)
             .await
     }
 
