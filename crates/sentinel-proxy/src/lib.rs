@@ -55,20 +55,31 @@ use settings::Settings;
 use source::KnownProviders;
 use upstream::{StreamContinuation, Timeouts, Upstream, UpstreamClient};
 
-/// The proxy could not start; the message names the cause and no secret.
+/// The proxy could not start: what it was setting up, and the cause (kept
+/// as the error's source). Neither names a secret.
 #[derive(Debug)]
-pub struct StartError(String);
+pub struct StartError {
+    context: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
 
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        write!(f, "{}: {}", self.context, self.source)
     }
 }
 
-impl std::error::Error for StartError {}
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
 
-fn fail(context: &str, e: impl fmt::Display) -> StartError {
-    StartError(format!("{context}: {e}"))
+fn fail(context: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StartError {
+    StartError {
+        context: context.to_owned(),
+        source: e.into(),
+    }
 }
 
 /// Health probes through the proxy's upstream client.

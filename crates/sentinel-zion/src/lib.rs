@@ -40,6 +40,8 @@ pub use cache::{
     DEFAULT_TTL, InvalidCacheSettings, TTL_ENV, TierConfigCache, TierConfigCacheBuilder,
     parse_ttl_seconds, ttl_from_env,
 };
-pub use client::{ZionClient, ZionError, ZionErrorKind, ZionSettings, http_client, tls_config};
+pub use client::{
+    ClientBuildError, ZionClient, ZionError, ZionErrorKind, ZionSettings, http_client, tls_config,
+};
 pub use redis::RedisSettings;
 pub use store::{ConfigStore, MemoryStore, RedisStore, StoreError, Stored};

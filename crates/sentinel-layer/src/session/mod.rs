@@ -84,20 +84,44 @@ pub trait SessionStore: Send + Sync + 'static {
 }
 
 /// A session store operation failed (Redis unreachable, timed out, ...).
+/// The cause, when there is one, is kept as the source.
 #[derive(Debug, Clone)]
-pub struct SessionError(String);
+pub struct SessionError {
+    message: String,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
 
 impl SessionError {
     /// An error with `message`, which must hold no secret.
     pub fn new(message: impl Into<String>) -> Self {
-        SessionError(message.into())
+        SessionError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error with `message` and its cause (neither may hold a secret).
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        SessionError {
+            message: message.into(),
+            source: Some(std::sync::Arc::new(source)),
+        }
     }
 }
 
 impl fmt::Display for SessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
-impl std::error::Error for SessionError {}
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

@@ -255,7 +255,7 @@ fn ttl_ms(ttl: Duration) -> u64 {
 /// Maps a fred error to a [`SessionError`] naming the operation. fred's
 /// details never carry the URL or password.
 fn redis_err(op: &'static str) -> impl FnOnce(fred::error::Error) -> SessionError {
-    move |e| SessionError::new(format!("redis session {op}: {}", e.details()))
+    move |e| SessionError::with_source(format!("redis session {op}: {}", e.details()), e)
 }
 
 /// The stored form of a pin: `"{tier index}\n{provider}\n{model}"`.

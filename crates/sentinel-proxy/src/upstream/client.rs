@@ -16,7 +16,9 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Builds the [`UpstreamClient`]: TCP connects time out after
 /// `connect_timeout`; idle pooled connections close after 90 s.
-pub fn upstream_client(connect_timeout: Duration) -> Result<UpstreamClient, String> {
+pub fn upstream_client(
+    connect_timeout: Duration,
+) -> Result<UpstreamClient, sentinel_zion::ClientBuildError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

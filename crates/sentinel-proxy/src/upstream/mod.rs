@@ -117,6 +117,30 @@ pub struct Timeouts {
     pub stream_idle: Duration,
 }
 
+/// A provider's key cannot go into an `Authorization` header (a control
+/// character, say). The key itself is never shown.
+#[derive(Debug)]
+pub struct InvalidProviderKey {
+    provider: String,
+    source: http::header::InvalidHeaderValue,
+}
+
+impl std::fmt::Display for InvalidProviderKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the key of provider `{}` cannot go into a header",
+            self.provider
+        )
+    }
+}
+
+impl std::error::Error for InvalidProviderKey {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
 /// Forwards routed requests to providers.
 ///
 /// Cloning is one reference count: the layer's stack clones its inner
@@ -150,13 +174,16 @@ impl Upstream {
         timeouts: Timeouts,
         continuation: StreamContinuation,
         config: Arc<dyn TierConfigSource>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, InvalidProviderKey> {
         let mut targets = HashMap::new();
         for p in providers {
             let authorization = match &p.api_key {
                 Some(key) => {
                     let mut v = HeaderValue::try_from(format!("Bearer {}", key.expose())).map_err(
-                        |_| format!("the key of provider `{}` cannot go into a header", p.name),
+                        |source| InvalidProviderKey {
+                            provider: p.name.clone(),
+                            source,
+                        },
                     )?;
                     v.set_sensitive(true);
                     Some(v)
