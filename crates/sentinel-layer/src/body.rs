@@ -13,6 +13,13 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 
+/// A request extension the layer sets when it changed a stream's body to
+/// ask for the usage chunk (see
+/// [`TierRoutingLayerBuilder::stream_usage`](crate::TierRoutingLayerBuilder::stream_usage)):
+/// the usage chunk is then not the client's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamUsageAdded;
+
 /// A response body: the inner service's (`Left`) or Sentinel's own (`Right`).
 pub type ResponseBody<B> = Either<B, Full<Bytes>>;
 

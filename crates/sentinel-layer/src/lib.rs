@@ -68,7 +68,7 @@ pub mod session;
 pub mod tier_routing;
 mod upstream;
 
-pub use body::{ResponseBody, RoutedBody};
+pub use body::{ResponseBody, RoutedBody, StreamUsageAdded};
 pub use breaker::{AttemptReport, Backoff, BackoffFuture};
 pub use continuation::{Continuation, ContinuationAttempt};
 pub use decision::{RoutingDecision, SelectionReason};

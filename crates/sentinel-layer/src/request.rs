@@ -224,28 +224,75 @@ impl ParsedBody<'_> {
     /// The body to send upstream, waiting for the model: every member but
     /// `tier` and `model`, in order, with its raw value text, then `"model":`.
     pub(crate) fn template(&self) -> BodyTemplate {
+        self.template_with(false).0
+    }
+
+    /// [`template`](Self::template), and with `stream_usage` a stream also
+    /// asks for its usage chunk: `stream_options.include_usage` is set to
+    /// `true` (the member added, or `null` replaced, or the key set in the
+    /// object; any other value is left as it is). Says whether it changed
+    /// the body (the usage chunk is then not the client's).
+    pub(crate) fn template_with(&self, stream_usage: bool) -> (BodyTemplate, bool) {
+        // The last `stream_options` is the one that counts.
+        let mut rewrite: Option<(usize, String)> = None;
+        let mut append = false;
+        if stream_usage && self.stream {
+            match self
+                .members
+                .iter()
+                .rposition(|(k, _)| k == "stream_options")
+            {
+                None => append = true,
+                Some(at) => rewrite = with_include_usage(self.members[at].1.get()).map(|v| (at, v)),
+            }
+        }
         let kept = || {
             self.members
                 .iter()
-                .filter(|(key, _)| key != "tier" && key != "model")
+                .enumerate()
+                .filter(|(_, (key, _))| key != "tier" && key != "model")
         };
         let size: usize = kept()
-            .map(|(key, value)| key.len() + value.get().len() + 4)
+            .map(|(_, (key, value))| key.len() + value.get().len() + 4)
             .sum();
-        let mut prefix = Vec::with_capacity(size + 16);
+        let mut prefix = Vec::with_capacity(size + 64);
         prefix.push(b'{');
-        for (key, value) in kept() {
+        for (at, (key, value)) in kept() {
             push_json_string(&mut prefix, key);
             prefix.push(b':');
-            prefix.extend_from_slice(value.get().as_bytes());
+            match &rewrite {
+                Some((i, changed)) if *i == at => prefix.extend_from_slice(changed.as_bytes()),
+                _ => prefix.extend_from_slice(value.get().as_bytes()),
+            }
             prefix.push(b',');
+        }
+        if append {
+            prefix.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
         }
         // Each kept member ended with a comma, which now separates it from
         // `model`; with no kept member there is none.
         prefix.extend_from_slice(b"\"model\":");
-        BodyTemplate {
+        let template = BodyTemplate {
             prefix: Bytes::from(prefix),
+        };
+        (template, append || rewrite.is_some())
+    }
+}
+
+/// `stream_options` (its raw text) with `include_usage: true`, when it must
+/// change: `null` becomes the object; an object without it, or with any
+/// other value, gets it. Anything else stays as it is (`None`).
+fn with_include_usage(raw: &str) -> Option<String> {
+    match serde_json::from_str::<serde_json::Value>(raw).ok()? {
+        serde_json::Value::Null => Some(r#"{"include_usage":true}"#.to_owned()),
+        serde_json::Value::Object(mut options) => {
+            if options.get("include_usage") == Some(&serde_json::Value::Bool(true)) {
+                return None;
+            }
+            options.insert("include_usage".into(), serde_json::Value::Bool(true));
+            serde_json::to_string(&options).ok()
         }
+        _ => None,
     }
 }
 
@@ -812,6 +859,59 @@ mod tests {
     #[test]
     fn model_names_are_json_encoded() {
         assert_eq!(render("{}", "we\"ird\\"), r#"{"model":"we\"ird\\"}"#);
+    }
+
+    #[test]
+    fn a_stream_asks_for_its_usage_chunk_when_told() {
+        let render = |body: &str, on: bool| {
+            let parsed = parse_body(body.as_bytes()).unwrap();
+            let (template, added) = parsed.template_with(on);
+            let rendered: serde_json::Value =
+                serde_json::from_slice(&template.render("m")).unwrap();
+            (rendered, added)
+        };
+        // Added when missing, in bodies of any shape.
+        let (v, added) = render(r#"{"stream":true,"messages":[{"c":"}"}]}"#, true);
+        assert!(added);
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({ "include_usage": true })
+        );
+        assert_eq!(v["messages"], serde_json::json!([{ "c": "}" }]));
+        assert_eq!(v["model"], "m");
+        // `null` replaced; an object gets the key, keeping the rest.
+        let (v, added) = render(r#"{"stream":true,"stream_options":null}"#, true);
+        assert!(added);
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({ "include_usage": true })
+        );
+        let (v, added) = render(
+            r#"{"stream":true,"stream_options":{"include_usage":false,"x":1}}"#,
+            true,
+        );
+        assert!(added);
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({ "include_usage": true, "x": 1 })
+        );
+        // Already asked for: the client's own; left as it is.
+        let asked = r#"{"stream":true,"stream_options":{"include_usage":true}}"#;
+        assert!(!render(asked, true).1);
+        // Not a stream, the option off, or an options value that is not an
+        // object: nothing changes.
+        for (body, on) in [
+            (r#"{"stream":false}"#, true),
+            (r#"{"messages":[]}"#, true),
+            (r#"{"stream":true}"#, false),
+            (r#"{"stream":true,"stream_options":"x"}"#, true),
+        ] {
+            let (v, added) = render(body, on);
+            assert!(!added, "{body}");
+            let mut expected: serde_json::Value = serde_json::from_str(body).unwrap();
+            expected["model"] = serde_json::json!("m");
+            assert_eq!(v, expected, "{body}");
+        }
     }
 
     #[test]

@@ -188,7 +188,9 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
         .failure_threshold(settings.failure_threshold)
         .backoff(settings.backoff_initial, settings.backoff_max)
         .body_limit(settings.body_limit)
-        .body_timeout(settings.client.body_read_timeout);
+        .body_timeout(settings.client.body_read_timeout)
+        // Streams ask for their usage chunk, so their cost is counted.
+        .stream_usage(true);
     layer = match &pool {
         Some(pool) => layer
             .session_store(RedisSessionStore::new(

@@ -86,6 +86,7 @@ pub struct TierRoutingLayerBuilder {
     routes: Routes,
     body_limit: usize,
     body_timeout: Duration,
+    stream_usage: bool,
     seed: Option<u64>,
     shared_breakers: Option<(Pool, String)>,
 }
@@ -97,6 +98,7 @@ impl fmt::Debug for TierRoutingLayerBuilder {
             .field("threshold", &self.threshold)
             .field("body_limit", &self.body_limit)
             .field("body_timeout", &self.body_timeout)
+            .field("stream_usage", &self.stream_usage)
             .finish_non_exhaustive()
     }
 }
@@ -123,6 +125,7 @@ impl TierRoutingLayerBuilder {
             routes: Routes::default(),
             body_limit: Self::DEFAULT_BODY_LIMIT,
             body_timeout: Self::DEFAULT_BODY_TIMEOUT,
+            stream_usage: false,
             seed: None,
             shared_breakers: None,
         }
@@ -222,6 +225,19 @@ impl TierRoutingLayerBuilder {
     /// (default 30 s; `408 request_timeout` after it).
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
         self.body_timeout = timeout;
+        self
+    }
+
+    /// Makes every routed chat-completions stream (`"stream": true` on a
+    /// path ending in `/chat/completions`) ask for its usage chunk: the
+    /// rewritten body gets `stream_options.include_usage: true`
+    /// (default off: the body is the client's). When that changed the body,
+    /// the request carries [`StreamUsageAdded`](crate::StreamUsageAdded),
+    /// so the inner service can count the usage and leave the chunk out of
+    /// what the client gets. Retries and continuations are rendered the
+    /// same way.
+    pub fn stream_usage(mut self, on: bool) -> Self {
+        self.stream_usage = on;
         self
     }
 
@@ -328,7 +344,7 @@ impl TierRoutingLayerBuilder {
                 }
             }),
             self.routes,
-            (self.body_limit.max(1), self.body_timeout),
+            (self.body_limit.max(1), self.body_timeout, self.stream_usage),
             (self.health, self.probes),
         )
     }

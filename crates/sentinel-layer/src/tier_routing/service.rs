@@ -16,7 +16,7 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::{Mode, Shared};
-use crate::body::{ResponseBody, RoutedBody};
+use crate::body::{ResponseBody, RoutedBody, StreamUsageAdded};
 use crate::breaker::Backoff;
 use crate::breaker::state::{Ticket, TicketSlot};
 use crate::decision::{RoutingDecision, SelectionReason};
@@ -239,9 +239,15 @@ where
             Err(e) => return reject(e, grpc, None),
         };
         let stream = parsed.stream();
+        // Only chat completions have `stream_options.include_usage`.
+        let stream_usage = shared.stream_usage && parts.uri.path().ends_with("/chat/completions");
+        let (template, usage_added) = parsed.template_with(stream_usage);
+        if usage_added {
+            parts.extensions.insert(StreamUsageAdded);
+        }
         (
             requested,
-            Some(parsed.template()),
+            Some(template),
             stream,
             RoutedBody::buffered(Bytes::new()),
         )

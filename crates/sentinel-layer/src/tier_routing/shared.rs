@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     routes: Routes,
     pub(crate) body_limit: usize,
     pub(crate) body_timeout: Duration,
+    /// Streams ask for their usage chunk ([`crate::StreamUsageAdded`]).
+    pub(crate) stream_usage: bool,
     /// The latest config seen by a request (for the shared-breaker sync
     /// and the background probes).
     last_config: LastConfig,
@@ -38,7 +40,7 @@ impl Shared {
         selector: Arc<Selector>,
         sessions: Option<Sessions>,
         routes: Routes,
-        (body_limit, body_timeout): (usize, Duration),
+        (body_limit, body_timeout, stream_usage): (usize, Duration, bool),
         (health, probes): (Option<HealthChecks>, Option<ModelProbes>),
     ) -> Self {
         Shared {
@@ -48,6 +50,7 @@ impl Shared {
             routes,
             body_limit,
             body_timeout,
+            stream_usage,
             last_config: LastConfig::default(),
             background: Background::new(health, probes),
         }

@@ -43,9 +43,7 @@ use http_body::Frame;
 use sentinel_layer::{Continuation, RoutingDecision, UpstreamError};
 use serde::Deserialize;
 
-use super::{
-    BodyPlan, IDEMPOTENCY_KEY, Upstream, forwarded_headers, is_event_stream, with_include_usage,
-};
+use super::{BodyPlan, IDEMPOTENCY_KEY, Upstream, forwarded_headers, is_event_stream};
 use crate::metrics as m;
 use crate::sse;
 
@@ -141,7 +139,6 @@ impl Resume {
             outcome("failed");
             return None;
         };
-        let (body, _) = with_include_usage(body);
         let mut headers = forwarded_headers(&headers);
         headers.remove(IDEMPOTENCY_KEY);
         let plan = BodyPlan {

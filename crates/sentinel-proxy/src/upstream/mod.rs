@@ -39,7 +39,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use sentinel_core::{Pricing, TierConfigSource};
 use sentinel_layer::{
     AttemptReport, ContextLengthExceeded, Continuation, ErrorCode, RoutedBody, RoutingDecision,
-    SentinelError, UpstreamError,
+    SentinelError, StreamUsageAdded, UpstreamError,
 };
 use tokio::time::Instant;
 use tower::Service;
@@ -60,7 +60,6 @@ use body::{
     is_context_length_exceeded, read_prefix,
 };
 use continuation::Resume;
-pub(crate) use usage::with_include_usage;
 use usage::{Usage, UsageCounterCache, usage_of};
 
 struct Target {
@@ -336,11 +335,9 @@ impl Upstream {
                 .map_err(|e| UpstreamError::other(e.into_inner()))?
                 .to_bytes(),
         };
-        let (bytes, hide_usage) = if decision.stream && chat {
-            with_include_usage(bytes)
-        } else {
-            (bytes, false)
-        };
+        // The layer asked for the usage chunk on the client's behalf (see
+        // `TierRoutingLayerBuilder::stream_usage`): it is hidden from them.
+        let hide_usage = extensions.get::<StreamUsageAdded>().is_some();
         // A streamed chat answer that breaks after its head is continued on
         // the next model, while the request's retry is unused. It keeps the
         // client's headers (no copy: they are not needed past this point).

@@ -1,5 +1,6 @@
-//! Token usage: asked for on streams (`include_usage`), read from answers
-//! on the way to the client, and counted per model.
+//! Token usage, read from answers on the way to the client and counted
+//! per model. (Streams ask for their usage chunk through the layer's
+//! `stream_usage` option.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -9,7 +10,6 @@ use metrics::Counter;
 use sentinel_core::{Pricing, Tier};
 use sentinel_layer::RoutingDecision;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 
 use crate::metrics as m;
 use crate::sse::contains;
@@ -214,106 +214,9 @@ pub(super) fn usage_in_event(payload: &[u8]) -> Option<(u64, u64)> {
     usage_of(payload.trim_ascii())
 }
 
-/// Whether a member is present, whatever its value (even `null`).
-pub(super) fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    IgnoredAny::deserialize(d).map(|_| true)
-}
-
-/// Adds `"stream_options":{"include_usage":true}` to a streaming chat
-/// request that does not ask for usage; says whether it did (then the
-/// usage-only chunk is hidden from the client).
-///
-/// The common case, a body without `stream_options`, is spliced: the member
-/// goes in before the closing brace, and nothing else is parsed into a tree
-/// or written again.
-pub(crate) fn with_include_usage(body: Bytes) -> (Bytes, bool) {
-    #[derive(Deserialize)]
-    struct Probe {
-        #[serde(default, deserialize_with = "present")]
-        stream_options: bool,
-    }
-    match serde_json::from_slice::<Probe>(&body) {
-        Ok(Probe {
-            stream_options: false,
-        }) => splice_include_usage(body),
-        Ok(Probe {
-            stream_options: true,
-        }) => merge_include_usage(body),
-        Err(_) => (body, false),
-    }
-}
-
-/// Appends the member to a JSON object known to lack `stream_options`.
-pub(super) fn splice_include_usage(body: Bytes) -> (Bytes, bool) {
-    const MEMBER: &[u8] = br#""stream_options":{"include_usage":true}}"#;
-    let Some(close) = body.iter().rposition(|&b| b == b'}') else {
-        return (body, false);
-    };
-    let head = &body[..close];
-    let empty = head.trim_ascii_end().ends_with(b"{");
-    let mut out = Vec::with_capacity(head.len() + MEMBER.len() + 1);
-    out.extend_from_slice(head);
-    if !empty {
-        out.push(b',');
-    }
-    out.extend_from_slice(MEMBER);
-    (Bytes::from(out), true)
-}
-
-/// Sets `include_usage` inside an existing `stream_options`.
-pub(super) fn merge_include_usage(body: Bytes) -> (Bytes, bool) {
-    let Ok(mut value) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
-    else {
-        return (body, false);
-    };
-    let options = value
-        .entry("stream_options")
-        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
-    if options.is_null() {
-        *options = serde_json::Value::Object(serde_json::Map::new());
-    }
-    let Some(options) = options.as_object_mut() else {
-        return (body, false);
-    };
-    if options.get("include_usage") == Some(&serde_json::Value::Bool(true)) {
-        return (body, false);
-    }
-    options.insert("include_usage".into(), serde_json::Value::Bool(true));
-    match serde_json::to_vec(&value) {
-        Ok(bytes) => (Bytes::from(bytes), true),
-        Err(_) => (body, false),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn include_usage_is_spliced_into_objects_of_any_shape() {
-        for (body, expected) in [
-            (r#"{"stream":true}"#, serde_json::json!({ "stream": true })),
-            ("{ }", serde_json::json!({})),
-            (
-                "{\"a\":[1,{\"b\":\"}\"}]}\n",
-                serde_json::json!({ "a": [1, { "b": "}" }] }),
-            ),
-        ] {
-            let (out, added) = with_include_usage(Bytes::from(body));
-            assert!(added, "{body}");
-            let mut v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-            let options = v.as_object_mut().unwrap().remove("stream_options");
-            assert_eq!(options, Some(serde_json::json!({ "include_usage": true })));
-            assert_eq!(v, expected);
-        }
-        // `null` options are replaced, not duplicated.
-        let (out, added) = with_include_usage(Bytes::from(r#"{"stream_options":null}"#));
-        assert!(added);
-        assert_eq!(&out[..], br#"{"stream_options":{"include_usage":true}}"#);
-        // Not an object: left alone.
-        let list = Bytes::from("[1]");
-        assert_eq!(with_include_usage(list.clone()), (list, false));
-    }
 
     #[test]
     fn usage_is_found_in_sse_lines_split_anywhere() {
@@ -398,26 +301,6 @@ mod tests {
             proptest::prop_assert_eq!(usage.found, Some((prompt, completion)));
             usage.abandon();
         }
-    }
-
-    #[test]
-    fn include_usage_is_added_only_when_missing() {
-        let (body, added) = with_include_usage(Bytes::from(r#"{"stream":true,"model":"m"}"#));
-        assert!(added);
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["stream_options"]["include_usage"], true);
-        assert_eq!(v["model"], "m");
-        let asked = Bytes::from(r#"{"stream":true,"stream_options":{"include_usage":true}}"#);
-        assert_eq!(with_include_usage(asked.clone()), (asked, false));
-        let (body, added) = with_include_usage(Bytes::from(
-            r#"{"stream_options":{"include_usage":false,"x":1}}"#,
-        ));
-        assert!(added);
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(
-            v["stream_options"],
-            serde_json::json!({ "include_usage": true, "x": 1 })
-        );
     }
 
     #[test]
