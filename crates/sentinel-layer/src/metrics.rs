@@ -90,3 +90,44 @@ pub fn describe() {
 }
 
 pub use crate::classify::status_class;
+
+/// Counter handles by their label values, registered once per key: a
+/// registry lookup with freshly built labels on every request costs more
+/// than the count itself. Keys come from the tier config (tiers, models)
+/// and fixed sets (reasons, status classes), so it holds what the metrics
+/// registry holds. Per layer, so that a recorder installed for a test sees
+/// its own layers' counts.
+pub(crate) struct CounterCache<K>(
+    std::sync::RwLock<std::collections::HashMap<K, metrics::Counter>>,
+);
+
+impl<K> Default for CounterCache<K> {
+    fn default() -> Self {
+        CounterCache(std::sync::RwLock::default())
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone> CounterCache<K> {
+    /// The counter for `key`, registered by `register` the first time.
+    pub(crate) fn get(
+        &self,
+        key: &K,
+        register: impl FnOnce() -> metrics::Counter,
+    ) -> metrics::Counter {
+        if let Some(counter) = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+        {
+            return counter.clone();
+        }
+        let counter = register();
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.clone())
+            .or_insert(counter)
+            .clone()
+    }
+}

@@ -278,12 +278,22 @@ where
         Ok((d, ticket)) => (RoutingDecision { stream, ..d }, ticket),
         Err(e) => return reject(e, grpc, Some(requested)),
     };
-    ::metrics::counter!(m::SELECTIONS,
-        "tier" => decision.tier.as_str(),
-        "model" => decision.model.clone(),
-        "provider" => decision.provider.clone(),
-        "reason" => decision.reason.as_str())
-    .increment(1);
+    let key = (
+        decision.tier,
+        decision.provider.clone(),
+        decision.model.clone(),
+        decision.reason,
+    );
+    shared
+        .selections
+        .get(&key, || {
+            ::metrics::counter!(m::SELECTIONS,
+                "tier" => decision.tier.as_str(),
+                "model" => decision.model.clone(),
+                "provider" => decision.provider.clone(),
+                "reason" => decision.reason.as_str())
+        })
+        .increment(1);
 
     let body = match template {
         Some(template) => {
@@ -326,7 +336,18 @@ where
         .remove::<RoutingDecision>()
         .unwrap_or(decision);
     stamp(&mut response, &last);
-    count_request(Some(last.tier), Some(&last), &response);
+    let status = m::status_class(response.status());
+    let key = (last.tier, last.provider.clone(), last.model.clone(), status);
+    shared
+        .requests
+        .get(&key, || {
+            ::metrics::counter!(m::REQUESTS,
+                "tier" => last.tier.as_str(),
+                "model" => last.model.clone(),
+                "provider" => last.provider.clone(),
+                "status" => status)
+        })
+        .increment(1);
 
     // After a failover, the session follows the model that served it.
     if response.status().is_success()

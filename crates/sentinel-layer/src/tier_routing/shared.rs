@@ -4,11 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Method, Uri};
-use sentinel_core::{TierConfig, TierConfigSource};
+use sentinel_core::{Tier, TierConfig, TierConfigSource};
 
 use super::routes::{Mode, Routes};
 use crate::background::{Background, LastConfig};
+use crate::decision::SelectionReason;
 use crate::health::HealthChecks;
+use crate::metrics::CounterCache;
 use crate::recovery::ModelProbes;
 use crate::select::Selector;
 use crate::session::SessionStore;
@@ -32,6 +34,12 @@ pub(crate) struct Shared {
     /// and the background probes).
     last_config: LastConfig,
     background: Background,
+    /// `sentinel_model_selections_total` of first attempts, by (tier,
+    /// provider, model, reason).
+    pub(crate) selections: CounterCache<(Tier, Arc<str>, Arc<str>, SelectionReason)>,
+    /// `sentinel_requests_total` of answered requests, by (tier, provider,
+    /// model, status class).
+    pub(crate) requests: CounterCache<(Tier, Arc<str>, Arc<str>, &'static str)>,
 }
 
 impl Shared {
@@ -53,6 +61,8 @@ impl Shared {
             stream_usage,
             last_config: LastConfig::default(),
             background: Background::new(health, probes),
+            selections: CounterCache::default(),
+            requests: CounterCache::default(),
         }
     }
 
