@@ -45,7 +45,8 @@ use sentinel_core::{StaticConfig, TierConfigSource};
 use sentinel_layer::health::{HealthChecks, HealthClient, HealthFuture, HealthTarget};
 use sentinel_layer::recovery::ModelProbes;
 use sentinel_layer::{MemorySessionStore, RedisSessionStore, TierRoutingLayer};
-use sentinel_zion::{RedisSettings, RedisStore, TierConfigCache, ZionClient, ZionSettings};
+use sentinel_net::RedisSettings;
+use sentinel_zion::{RedisStore, TierConfigCache, ZionClient, ZionSettings};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::Layer;
@@ -152,7 +153,7 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
 
     let pool = match &settings.redis_url {
         Some(url) => Some(
-            sentinel_zion::redis::connect(&RedisSettings::new(url.expose()))
+            sentinel_net::redis::connect(&RedisSettings::new(url.expose()))
                 .map_err(|e| fail("REDIS_URL", e))?,
         ),
         None => None,
@@ -165,7 +166,7 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
             if let Some(key) = &settings.zion_api_key {
                 zion_settings = zion_settings.api_key(key.expose());
             }
-            let zion_http = sentinel_zion::http_client(ZionSettings::DEFAULT_CONNECT_TIMEOUT)
+            let zion_http = sentinel_net::http_client(ZionSettings::DEFAULT_CONNECT_TIMEOUT)
                 .map_err(|e| fail("Zion client", e))?;
             let zion = ZionClient::with_http_client(zion_http, zion_settings)
                 .map_err(|e| fail("ZION_URL", e))?;

@@ -417,22 +417,18 @@ impl RedisServer {
     }
 }
 
-/// A connected `fred` pool for `url` (the code under test builds its own
-/// pools; tests of components that take a pool use this one): command
-/// timeout 500 ms, a command buffer of 1024 per connection, reconnecting on
-/// its own, waiting until connected.
-pub async fn fred_pool(url: &str) -> Result<fred::clients::Pool, fred::error::Error> {
+/// A connected `fred` pool for `url`, built by [`sentinel_net::redis::connect`]
+/// as the proxy builds its own (command timeout 500 ms, a command buffer of
+/// 1024 per connection, reconnecting on its own), for tests of components
+/// that take a pool; returns once it is connected.
+pub async fn fred_pool(
+    url: &str,
+) -> Result<fred::clients::Pool, Box<dyn std::error::Error + Send + Sync>> {
     use fred::interfaces::ClientLike;
-    let mut config = fred::types::config::Config::from_url(url)?;
-    config.fail_fast = false;
-    let pool = fred::types::Builder::from_config(config)
-        .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(500))
-        .with_connection_config(|c| c.max_command_buffer_len = 1024)
-        .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
-            0, 50, 2000, 2,
-        ))
-        .build_pool(2)?;
-    drop(pool.connect());
+    let settings = sentinel_net::RedisSettings::new(url)
+        .pool_size(2)
+        .command_timeout(Duration::from_millis(500));
+    let pool = sentinel_net::redis::connect(&settings)?;
     pool.wait_for_connect().await?;
     Ok(pool)
 }

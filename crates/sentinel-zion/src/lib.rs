@@ -7,7 +7,7 @@
 //!   then Zion; single flight, refresh ahead, stale-on-error. It implements
 //!   [`sentinel_core::TierConfigSource`], which is all the routing layer
 //!   knows of it.
-//! - [`redis::connect`]: a `fred` pool with a reconnect policy and a
+//! - [`redis::connect`] (from `sentinel-net`, re-exported): a `fred` pool with a reconnect policy and a
 //!   command timeout.
 //! - [`metrics`]: the names of the metrics recorded here.
 //!
@@ -40,8 +40,7 @@ pub use cache::{
     DEFAULT_TTL, InvalidCacheSettings, TTL_ENV, TierConfigCache, TierConfigCacheBuilder,
     parse_ttl_seconds, ttl_from_env,
 };
-pub use client::{
-    ClientBuildError, ZionClient, ZionError, ZionErrorKind, ZionSettings, http_client, tls_config,
-};
+pub use client::{ZionClient, ZionError, ZionErrorKind, ZionSettings};
 pub use redis::RedisSettings;
+pub use sentinel_net::{ClientBuildError, http_client, tls_config};
 pub use store::{ConfigStore, MemoryStore, RedisStore, StoreError, Stored};

@@ -10,7 +10,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 /// The upstream HTTP client: hyper's pooled client over rustls
-/// ([`sentinel_zion::tls_config`]: webpki roots, `ring` passed explicitly),
+/// ([`sentinel_net::tls_config`]: webpki roots, `ring` passed explicitly),
 /// HTTP/1.1 and HTTP/2 by ALPN, plain HTTP allowed (local providers).
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -18,13 +18,13 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// `connect_timeout`; idle pooled connections close after 90 s.
 pub fn upstream_client(
     connect_timeout: Duration,
-) -> Result<UpstreamClient, sentinel_zion::ClientBuildError> {
+) -> Result<UpstreamClient, sentinel_net::ClientBuildError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(sentinel_zion::tls_config()?)
+        .with_tls_config(sentinel_net::tls_config()?)
         .https_or_http()
         .enable_http1()
         .enable_http2()
