@@ -10,6 +10,11 @@
 //! loop at a fixed rate. Each point is a warm-up run, then a measured run;
 //! the gateway's CPU seconds and Redis's command count are read just before
 //! and just after the measured run.
+//!
+//! With `--baseline`, an older `sentinel-proxy` binary runs as one more
+//! target, `sentinel-before`, set up as `sentinel-memory` is, and measured
+//! next to it at every point (the two take turns going first). The report
+//! then ends with a "Before and after" table.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -42,7 +47,7 @@ pub(crate) struct Options {
     /// Measured seconds per point.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Warm-up seconds before each point (not measured).
+    /// Warm-up seconds before each point (not measured; 0: none).
     #[arg(long, default_value_t = 1)]
     warmup_seconds: u64,
     /// The open loop's rates, requests per second (comma-separated).
@@ -54,6 +59,15 @@ pub(crate) struct Options {
     /// Also write the report, as Markdown, to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// An older `sentinel-proxy` binary to compare with: it runs as the
+    /// target `sentinel-before` (memory backends, the same settings and mock
+    /// upstream as `sentinel-memory`) at every point, and the report gains a
+    /// "Before and after" table.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// What the report calls the baseline, e.g. its commit [its path].
+    #[arg(long, requires = "baseline")]
+    baseline_label: Option<String>,
 }
 
 /// A child process, killed when dropped.
@@ -123,6 +137,8 @@ enum Target {
     Direct,
     Passthrough,
     SentinelMemory,
+    /// The `--baseline` build, set up as `SentinelMemory` is.
+    SentinelBefore,
     /// Sentinel with Redis; `true`: with a session header.
     SentinelRedis(bool),
 }
@@ -133,6 +149,7 @@ impl Target {
             Target::Direct => "direct",
             Target::Passthrough => "passthrough",
             Target::SentinelMemory => "sentinel-memory",
+            Target::SentinelBefore => "sentinel-before",
             Target::SentinelRedis(true) => "sentinel-redis",
             Target::SentinelRedis(false) => "sentinel-redis, no session",
         }
@@ -188,6 +205,8 @@ struct Lab {
     upstream_addr: SocketAddr,
     passthrough: (Process, SocketAddr),
     memory: (Process, SocketAddr),
+    /// The `--baseline` build, when there is one.
+    before: Option<(Process, SocketAddr)>,
     redis_proxy: (Process, SocketAddr),
     redis_addr: SocketAddr,
     _upstream: Process,
@@ -197,8 +216,9 @@ struct Lab {
 impl Lab {
     fn start(options: &Options, proxy: &Path) -> Result<Lab, String> {
         let me = std::env::current_exe().map_err(|e| format!("this binary: {e}"))?;
-        let addrs = free_addrs(5)?;
-        let (up, pass, mem, red, redis) = (addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]);
+        let addrs = free_addrs(6)?;
+        let (up, pass, mem, red, redis, old) =
+            (addrs[0], addrs[1], addrs[2], addrs[3], addrs[4], addrs[5]);
 
         let mut upstream = Process::spawn(
             "mock upstream",
@@ -231,7 +251,7 @@ impl Lab {
         )?;
         redis_server.wait_listening(redis)?;
 
-        let sentinel = |listen: SocketAddr, redis: Option<SocketAddr>| {
+        let sentinel = |proxy: &Path, listen: SocketAddr, redis: Option<SocketAddr>| {
             let mut command = Command::new(proxy);
             command
                 .env_clear()
@@ -243,15 +263,30 @@ impl Lab {
             }
             command
         };
-        let mut memory = Process::spawn("sentinel-proxy (memory)", &mut sentinel(mem, None))?;
+        let mut memory =
+            Process::spawn("sentinel-proxy (memory)", &mut sentinel(proxy, mem, None))?;
         memory.wait_listening(mem)?;
-        let mut redis_proxy =
-            Process::spawn("sentinel-proxy (redis)", &mut sentinel(red, Some(redis)))?;
+        let before = match &options.baseline {
+            Some(baseline) => {
+                let mut before = Process::spawn(
+                    "sentinel-proxy (baseline, memory)",
+                    &mut sentinel(baseline, old, None),
+                )?;
+                before.wait_listening(old)?;
+                Some((before, old))
+            }
+            None => None,
+        };
+        let mut redis_proxy = Process::spawn(
+            "sentinel-proxy (redis)",
+            &mut sentinel(proxy, red, Some(redis)),
+        )?;
         redis_proxy.wait_listening(red)?;
         Ok(Lab {
             upstream_addr: up,
             passthrough: (passthrough, pass),
             memory: (memory, mem),
+            before,
             redis_proxy: (redis_proxy, red),
             redis_addr: redis,
             _upstream: upstream,
@@ -259,13 +294,19 @@ impl Lab {
         })
     }
 
-    fn addr(&self, target: Target) -> SocketAddr {
-        match target {
+    fn addr(&self, target: Target) -> Result<SocketAddr, String> {
+        Ok(match target {
             Target::Direct => self.upstream_addr,
             Target::Passthrough => self.passthrough.1,
             Target::SentinelMemory => self.memory.1,
+            Target::SentinelBefore => {
+                self.before
+                    .as_ref()
+                    .ok_or("sentinel-before runs only with --baseline")?
+                    .1
+            }
             Target::SentinelRedis(_) => self.redis_proxy.1,
-        }
+        })
     }
 
     /// The gateway's pid (none for the direct path).
@@ -274,6 +315,7 @@ impl Lab {
             Target::Direct => None,
             Target::Passthrough => Some(self.passthrough.0.pid()),
             Target::SentinelMemory => Some(self.memory.0.pid()),
+            Target::SentinelBefore => self.before.as_ref().map(|b| b.0.pid()),
             Target::SentinelRedis(_) => Some(self.redis_proxy.0.pid()),
         }
     }
@@ -287,7 +329,7 @@ fn measure(
     kind: Kind,
     load: Load,
 ) -> Result<Point, String> {
-    let url = format!("http://{}/v1/chat/completions", lab.addr(target));
+    let url = format!("http://{}/v1/chat/completions", lab.addr(target)?);
     let body = body(kind);
     let headers: &[(&str, &str)] = match target {
         Target::SentinelRedis(true) => &[SESSION],
@@ -300,7 +342,10 @@ fn measure(
         load,
         duration: Duration::from_secs(options.warmup_seconds),
     };
-    oha::run(&options.oha, &request)?;
+    // oha gives no percentiles for a run of no requests.
+    if options.warmup_seconds > 0 {
+        oha::run(&options.oha, &request)?;
+    }
     request.duration = Duration::from_secs(options.seconds);
 
     let pid = lab.pid(target);
@@ -453,6 +498,116 @@ async fn first_byte(
         .collect())
 }
 
+/// The targets measured at every load point, in the order the table lists
+/// them; with a baseline, `sentinel-before` comes right after
+/// `sentinel-memory`.
+fn targets(baseline: bool) -> Vec<Target> {
+    let mut targets = vec![Target::Direct, Target::Passthrough, Target::SentinelMemory];
+    if baseline {
+        targets.push(Target::SentinelBefore);
+    }
+    targets.push(Target::SentinelRedis(true));
+    targets
+}
+
+/// The order in which a point runs `targets`: as listed when `turn` is even;
+/// when it is odd, `sentinel-memory` and `sentinel-before` swap places, so
+/// that neither always runs first.
+fn run_order(targets: &[Target], turn: usize) -> Vec<Target> {
+    let mut order = targets.to_vec();
+    let memory = order.iter().position(|t| *t == Target::SentinelMemory);
+    let before = order.iter().position(|t| *t == Target::SentinelBefore);
+    if let (Some(m), Some(b)) = (memory, before)
+        && turn % 2 == 1
+    {
+        order.swap(m, b);
+    }
+    order
+}
+
+/// One row of the "Before and after" table, in µs.
+#[derive(Debug, Clone, PartialEq)]
+struct Comparison {
+    figure: String,
+    /// Decimals to print the figures with.
+    decimals: usize,
+    before: Option<f64>,
+    after: Option<f64>,
+    passthrough: Option<f64>,
+}
+
+/// The rows of the "Before and after" table: CPU per request at 16 and
+/// 1 connection; p50 and p99 at 1 and 16 connections; p99 at each fixed
+/// rate; each for JSON and SSE.
+fn before_after_rows(points: &[Point], rates: &[u32]) -> Vec<Comparison> {
+    let find = |target: Target, kind: Kind, load: Load| {
+        points
+            .iter()
+            .find(|p| p.target == target && p.kind == kind && p.load == load)
+    };
+    let row = |figure: &str, kind: Kind, load: Load, value: fn(&Point) -> Option<f64>| {
+        let value = |target| find(target, kind, load).and_then(value);
+        Comparison {
+            figure: format!("{figure}, {}, {}", kind.label(), load.label()),
+            decimals: if figure.starts_with("CPU") { 1 } else { 0 },
+            before: value(Target::SentinelBefore),
+            after: value(Target::SentinelMemory),
+            passthrough: value(Target::Passthrough),
+        }
+    };
+    let cpu: fn(&Point) -> Option<f64> = |p| p.cpu_us;
+    let p50: fn(&Point) -> Option<f64> = |p| Some(p.outcome.p50 * 1e6);
+    let p99: fn(&Point) -> Option<f64> = |p| Some(p.outcome.p99 * 1e6);
+    let kinds = [Kind::Json, Kind::Sse];
+    let mut rows = Vec::new();
+    for kind in kinds {
+        for connections in [16, 1] {
+            rows.push(row("CPU µs/request", kind, Load::Closed(connections), cpu));
+        }
+    }
+    for kind in kinds {
+        for connections in [1, 16] {
+            rows.push(row("p50 µs", kind, Load::Closed(connections), p50));
+            rows.push(row("p99 µs", kind, Load::Closed(connections), p99));
+        }
+    }
+    for &rate in rates {
+        for kind in kinds {
+            rows.push(row("p99 µs", kind, Load::Rate(rate), p99));
+        }
+    }
+    rows
+}
+
+/// `a / b`, when both are known and `b` is above zero.
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    let (a, b) = (a?, b?);
+    (a.is_finite() && b.is_finite() && b > 0.0).then(|| a / b)
+}
+
+/// The "Before and after" table, as Markdown lines.
+fn before_after_table(rows: &[Comparison]) -> Vec<String> {
+    let mut lines = vec![
+        "| figure | before | after | after/before | before / pass-through | after / pass-through |"
+            .to_owned(),
+        "| --- | ---: | ---: | ---: | ---: | ---: |".to_owned(),
+    ];
+    let times = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}x"));
+    for row in rows {
+        let value = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.*}", row.decimals));
+        lines.push(format!(
+            "| {} | {} | {} | {} | {} | {} |",
+            row.figure,
+            value(row.before),
+            value(row.after),
+            times(ratio(row.after, row.before)),
+            times(ratio(row.before, row.passthrough)),
+            times(ratio(row.after, row.passthrough)),
+        ));
+    }
+    lines
+}
+
 struct Report {
     text: String,
 }
@@ -554,8 +709,14 @@ pub(crate) fn run(options: &Options) -> Result<(), String> {
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let mut ttfb = Vec::new();
-    let probed = [Target::Direct, Target::Passthrough, Target::SentinelMemory];
-    let probed_addrs = probed.map(|t| lab.addr(t));
+    let mut probed = vec![Target::Direct, Target::Passthrough, Target::SentinelMemory];
+    if lab.before.is_some() {
+        probed.push(Target::SentinelBefore);
+    }
+    let probed_addrs = probed
+        .iter()
+        .map(|t| lab.addr(*t))
+        .collect::<Result<Vec<_>, _>>()?;
     for kind in [Kind::Json, Kind::Sse] {
         let body = body(kind);
         runtime.block_on(first_byte(&probed_addrs, &body, &[], 200))?;
@@ -568,7 +729,7 @@ pub(crate) fn run(options: &Options) -> Result<(), String> {
     let slow_delay_ms = 20;
     let slow = runtime
         .block_on(first_byte(
-            &[lab.addr(Target::SentinelMemory)],
+            &[lab.addr(Target::SentinelMemory)?],
             &body(Kind::Sse),
             &[(CHUNK_DELAY_HEADER, &slow_delay_ms.to_string())],
             3,
@@ -578,16 +739,14 @@ pub(crate) fn run(options: &Options) -> Result<(), String> {
 
     let mut loads = vec![Load::Closed(1), Load::Closed(16)];
     loads.extend(options.rates.iter().map(|r| Load::Rate(*r)));
-    let targets = [
-        Target::Direct,
-        Target::Passthrough,
-        Target::SentinelMemory,
-        Target::SentinelRedis(true),
-    ];
+    let targets = targets(lab.before.is_some());
     let mut points = Vec::new();
-    for kind in [Kind::Json, Kind::Sse] {
-        for &load in &loads {
-            for target in targets {
+    for (k, kind) in [Kind::Json, Kind::Sse].into_iter().enumerate() {
+        for (l, &load) in loads.iter().enumerate() {
+            let mut group = Vec::new();
+            // A checkerboard: from one load to the next, and from JSON to
+            // SSE at the same load, the other of the two goes first.
+            for target in run_order(&targets, k + l) {
                 eprintln!(
                     "[{:>3} s] {} {} {}",
                     started.elapsed().as_secs(),
@@ -595,8 +754,12 @@ pub(crate) fn run(options: &Options) -> Result<(), String> {
                     kind.label(),
                     load.label()
                 );
-                points.push(measure(&lab, options, ticks, target, kind, load)?);
+                group.push(measure(&lab, options, ticks, target, kind, load)?);
             }
+            // The table lists the targets in one order whatever order they
+            // ran in.
+            group.sort_by_key(|p| targets.iter().position(|t| *t == p.target));
+            points.extend(group);
         }
     }
     eprintln!(
@@ -893,6 +1056,20 @@ pub(crate) fn run(options: &Options) -> Result<(), String> {
     for line in targets_text.lines() {
         report.line(line);
     }
+    if let Some(baseline) = &options.baseline {
+        let label = options
+            .baseline_label
+            .clone()
+            .unwrap_or_else(|| baseline.display().to_string());
+        report.line("");
+        report.line(format!(
+            "Before and after: before is sentinel-before ({label}), after is sentinel-memory (this build); both with memory backends in front of the same mock upstream, measured one after the other at each point. Below 1.00x in after/before, this build is the cheaper or faster."
+        ));
+        report.line("");
+        for line in before_after_table(&before_after_rows(&points, &options.rates)) {
+            report.line(line);
+        }
+    }
     report.line("");
     report.line(format!(
         "whole run: {} s (without the release build)",
@@ -905,4 +1082,191 @@ pub(crate) fn run(options: &Options) -> Result<(), String> {
         std::fs::write(out, &report.text).map_err(|e| format!("{}: {e}", out.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(
+        target: Target,
+        kind: Kind,
+        load: Load,
+        cpu_us: f64,
+        p50_us: f64,
+        p99_us: f64,
+    ) -> Point {
+        Point {
+            target,
+            kind,
+            load,
+            outcome: oha::Outcome {
+                completed: 100,
+                p50: p50_us / 1e6,
+                p99: p99_us / 1e6,
+                ..oha::Outcome::default()
+            },
+            cpu_us: Some(cpu_us),
+            redis_per_request: None,
+        }
+    }
+
+    #[test]
+    fn without_a_baseline_the_targets_are_todays() {
+        let targets = targets(false);
+        assert_eq!(
+            targets,
+            [
+                Target::Direct,
+                Target::Passthrough,
+                Target::SentinelMemory,
+                Target::SentinelRedis(true)
+            ]
+        );
+        for index in 0..4 {
+            assert_eq!(run_order(&targets, index), targets);
+        }
+    }
+
+    #[test]
+    fn the_baseline_runs_next_to_sentinel_memory_taking_turns_first() {
+        let targets = targets(true);
+        assert_eq!(
+            targets,
+            [
+                Target::Direct,
+                Target::Passthrough,
+                Target::SentinelMemory,
+                Target::SentinelBefore,
+                Target::SentinelRedis(true)
+            ]
+        );
+        assert_eq!(run_order(&targets, 0), targets);
+        assert_eq!(run_order(&targets, 2), targets);
+        assert_eq!(
+            run_order(&targets, 1),
+            [
+                Target::Direct,
+                Target::Passthrough,
+                Target::SentinelBefore,
+                Target::SentinelMemory,
+                Target::SentinelRedis(true)
+            ]
+        );
+    }
+
+    #[test]
+    fn ratios_need_both_figures_and_a_positive_divisor() {
+        assert_eq!(ratio(Some(3.0), Some(2.0)), Some(1.5));
+        assert_eq!(ratio(None, Some(2.0)), None);
+        assert_eq!(ratio(Some(3.0), None), None);
+        assert_eq!(ratio(Some(3.0), Some(0.0)), None);
+        assert_eq!(ratio(Some(f64::NAN), Some(2.0)), None);
+    }
+
+    #[test]
+    fn the_rows_take_before_after_and_pass_through_from_the_same_point() {
+        let mut points = Vec::new();
+        for kind in [Kind::Json, Kind::Sse] {
+            for load in [Load::Closed(1), Load::Closed(16), Load::Rate(500)] {
+                // Distinct figures per target: pass-through 1x, after 2x,
+                // before 4x; SSE ten times JSON; 16 connections +1.
+                let base = match kind {
+                    Kind::Json => 10.0,
+                    Kind::Sse => 100.0,
+                } + if load == Load::Closed(16) { 1.0 } else { 0.0 };
+                for (target, k) in [
+                    (Target::Direct, 0.5),
+                    (Target::Passthrough, 1.0),
+                    (Target::SentinelMemory, 2.0),
+                    (Target::SentinelBefore, 4.0),
+                ] {
+                    let v = base * k;
+                    points.push(point(target, kind, load, v, v * 10.0, v * 100.0));
+                }
+            }
+        }
+        let rows = before_after_rows(&points, &[500]);
+        let figures: Vec<&str> = rows.iter().map(|r| r.figure.as_str()).collect();
+        assert_eq!(
+            figures,
+            [
+                "CPU µs/request, json, closed, 16 conn",
+                "CPU µs/request, json, closed, 1 conn",
+                "CPU µs/request, sse, closed, 16 conn",
+                "CPU µs/request, sse, closed, 1 conn",
+                "p50 µs, json, closed, 1 conn",
+                "p99 µs, json, closed, 1 conn",
+                "p50 µs, json, closed, 16 conn",
+                "p99 µs, json, closed, 16 conn",
+                "p50 µs, sse, closed, 1 conn",
+                "p99 µs, sse, closed, 1 conn",
+                "p50 µs, sse, closed, 16 conn",
+                "p99 µs, sse, closed, 16 conn",
+                "p99 µs, json, open, 500 req/s",
+                "p99 µs, sse, open, 500 req/s",
+            ]
+        );
+        let near = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-6);
+        let cpu_json_16 = &rows[0];
+        assert_eq!(cpu_json_16.decimals, 1);
+        assert!(near(cpu_json_16.passthrough, 11.0));
+        assert!(near(cpu_json_16.after, 22.0));
+        assert!(near(cpu_json_16.before, 44.0));
+        let p99_sse_rate = &rows[13];
+        assert_eq!(p99_sse_rate.decimals, 0);
+        assert!(near(p99_sse_rate.passthrough, 10_000.0));
+        assert!(near(p99_sse_rate.after, 20_000.0));
+        assert!(near(p99_sse_rate.before, 40_000.0));
+    }
+
+    #[test]
+    fn a_missing_target_leaves_a_dash() {
+        let points = [point(
+            Target::SentinelMemory,
+            Kind::Json,
+            Load::Closed(16),
+            50.0,
+            100.0,
+            900.0,
+        )];
+        let rows = before_after_rows(&points, &[]);
+        assert_eq!(rows.len(), 12);
+        assert_eq!(rows[0].before, None);
+        assert_eq!(rows[0].passthrough, None);
+        let table = before_after_table(&rows[..1]);
+        assert_eq!(
+            table[2],
+            "| CPU µs/request, json, closed, 16 conn | - | 50.0 | - | - | - |"
+        );
+    }
+
+    #[test]
+    fn the_table_prints_figures_and_ratios() {
+        let rows = [
+            Comparison {
+                figure: "CPU µs/request, json, closed, 16 conn".into(),
+                decimals: 1,
+                before: Some(160.04),
+                after: Some(80.0),
+                passthrough: Some(40.0),
+            },
+            Comparison {
+                figure: "p99 µs, sse, open, 1000 req/s".into(),
+                decimals: 0,
+                before: Some(1500.4),
+                after: Some(3000.6),
+                passthrough: Some(0.0),
+            },
+        ];
+        assert_eq!(
+            before_after_table(&rows),
+            [
+                "| figure | before | after | after/before | before / pass-through | after / pass-through |",
+                "| --- | ---: | ---: | ---: | ---: | ---: |",
+                "| CPU µs/request, json, closed, 16 conn | 160.0 | 80.0 | 0.50x | 4.00x | 2.00x |",
+                "| p99 µs, sse, open, 1000 req/s | 1500 | 3001 | 2.00x | - | - |",
+            ]
+        );
+    }
 }

@@ -9,7 +9,8 @@
 //!   hyper, the floor for any extra hop;
 //! - `sentinel-bench run`: the driver. It starts the two above, a
 //!   `redis-server` and two `sentinel-proxy` processes (memory backends,
-//!   Redis sessions), drives each with `oha`, and prints one table;
+//!   Redis sessions), with `--baseline` a third (an older build, memory
+//!   backends), drives each with `oha`, and prints one table;
 //! - `sentinel-bench soak`: the reliability run behind `scripts/soak`. It
 //!   starts a fault-injecting mock upstream and a flapping mock Zion
 //!   (inside the harness), a `redis-server` it restarts mid-run, and one
