@@ -27,7 +27,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::oha::{self, Load};
 use crate::procfs;
-use crate::upstream::{CHUNK_DELAY_HEADER, CONTENT_CHUNKS};
+use crate::upstream::{CHUNK_DELAY_MEMBER, CONTENT_CHUNKS};
 
 /// `sentinel-bench run`.
 #[derive(Debug, clap::Args)]
@@ -727,11 +727,17 @@ pub(crate) fn run(options: &Options) -> Result<(), String> {
     }
     // A slow stream: the first chunk must arrive long before the last.
     let slow_delay_ms = 20;
+    let slow_body = {
+        let mut body: serde_json::Value =
+            serde_json::from_str(&body(Kind::Sse)).map_err(|e| e.to_string())?;
+        body[CHUNK_DELAY_MEMBER] = serde_json::json!(slow_delay_ms);
+        body.to_string()
+    };
     let slow = runtime
         .block_on(first_byte(
             &[lab.addr(Target::SentinelMemory)?],
-            &body(Kind::Sse),
-            &[(CHUNK_DELAY_HEADER, &slow_delay_ms.to_string())],
+            &slow_body,
+            &[],
             3,
         ))?
         .pop()

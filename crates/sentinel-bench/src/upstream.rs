@@ -3,8 +3,10 @@
 //! `POST` on any path answers a chat completion: JSON, or SSE when the body
 //! has `"stream":true` (then a role chunk, eight content chunks, a finish
 //! chunk, a usage-only chunk when the body asks for `include_usage`, and
-//! `[DONE]`). The request header `x-bench-chunk-delay-ms` spaces the SSE
-//! chunks that far apart (for the time-to-first-byte check). `GET` on a
+//! `[DONE]`). A body member `"bench_chunk_delay_ms": N` spaces the SSE
+//! chunks that far apart (for the slow-stream check; a body member, since
+//! a gateway forwards only the headers it knows, and passes unknown members
+//! of the body on). `GET` on a
 //! path ending in `/models` lists one model (the proxy's health probe).
 //! Everything else is a 404.
 
@@ -21,8 +23,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-/// The header that spaces SSE chunks.
-pub(crate) const CHUNK_DELAY_HEADER: &str = "x-bench-chunk-delay-ms";
+/// The body member that spaces SSE chunks.
+pub(crate) const CHUNK_DELAY_MEMBER: &str = "bench_chunk_delay_ms";
 
 /// The number of content chunks in a streamed answer.
 pub(crate) const CONTENT_CHUNKS: usize = 8;
@@ -49,6 +51,19 @@ fn events(include_usage: bool) -> Vec<Bytes> {
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
     events
+}
+
+/// The `bench_chunk_delay_ms` member of a body, read only when present
+/// (the fast path never parses the body).
+fn chunk_delay(body: &[u8]) -> Option<Duration> {
+    if !contains(body, CHUNK_DELAY_MEMBER.as_bytes()) {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value
+        .get(CHUNK_DELAY_MEMBER)?
+        .as_u64()
+        .map(Duration::from_millis)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -80,16 +95,11 @@ async fn handle(request: Request<Incoming>) -> Result<Response<Body>, Infallible
             Either::Left(Full::new(Bytes::from_static(b"{}"))),
         ));
     }
-    let delay = request
-        .headers()
-        .get(CHUNK_DELAY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_millis);
     let body = match request.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
+    let delay = chunk_delay(&body);
     if !contains(&body, b"\"stream\":true") {
         return Ok(response(
             StatusCode::OK,
@@ -142,5 +152,15 @@ mod tests {
         }
         let parsed: serde_json::Value = serde_json::from_str(COMPLETION).unwrap();
         assert_eq!(parsed["usage"]["total_tokens"], 66);
+    }
+
+    #[test]
+    fn the_chunk_delay_is_read_from_the_body() {
+        assert_eq!(
+            chunk_delay(br#"{"stream":true,"bench_chunk_delay_ms":20}"#),
+            Some(Duration::from_millis(20))
+        );
+        assert_eq!(chunk_delay(br#"{"stream":true}"#), None);
+        assert_eq!(chunk_delay(br#"{"bench_chunk_delay_ms":"x"}"#), None);
     }
 }
