@@ -17,11 +17,6 @@ mod support;
 
 use std::time::Duration;
 
-use async_openai::Client;
-use async_openai::config::OpenAIConfig;
-use async_openai::types::chat::{
-    ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs,
-};
 use futures_util::StreamExt;
 use sentinel_testkit::{MockUpstream, MockZion, RecordedRequest, UpstreamFault};
 use serde_json::{Value, json};
@@ -504,21 +499,8 @@ async fn a_stock_sdk_reads_a_continued_stream_as_one_clean_answer() {
     let test = "sdk";
     let (a, b) = models(test);
     let (_upstream, _zion, proxy) = setup(test, UpstreamFault::BreakStreamAfter(1), &[]).await;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::with_config(
-        OpenAIConfig::new()
-            .with_api_base(format!("http://{}/v1", proxy.addr()))
-            .with_api_key("unused"),
-    );
-    let request = CreateChatCompletionRequestArgs::default()
-        .model("simple")
-        .messages([ChatCompletionRequestUserMessageArgs::default()
-            .content("Say hello.")
-            .build()
-            .unwrap()
-            .into()])
-        .build()
-        .unwrap();
+    let client = support::openai_sdk(&proxy, "unused");
+    let request = support::sdk_request("simple");
     for _ in 0..30 {
         let mut stream = client.chat().create_stream(request.clone()).await.unwrap();
         let (mut text, mut ids, mut finishes) = (String::new(), Vec::new(), 0);

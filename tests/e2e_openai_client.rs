@@ -11,38 +11,19 @@ mod support;
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
-use async_openai::types::chat::{
-    ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequest,
-    CreateChatCompletionRequestArgs,
-};
+use async_openai::types::chat::CreateChatCompletionRequest;
 use futures_util::StreamExt;
 use sentinel_testkit::{MockUpstream, UpstreamFault};
 use support::{Env, Proxy, UPSTREAM_KEY};
 
 const CLIENT_KEY: &str = "sk-e2e-client-key";
 
-/// A stock client for the proxy. The SDK's own `reqwest::Client::new()`
-/// needs a process-wide rustls provider (the build has only ring, with no
-/// default chosen), as any application using it would install.
 fn sdk(proxy: &Proxy, key: &str) -> Client<OpenAIConfig> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::with_config(
-        OpenAIConfig::new()
-            .with_api_base(format!("http://{}/v1", proxy.addr()))
-            .with_api_key(key),
-    )
+    support::openai_sdk(proxy, key)
 }
 
 fn request(model: &str) -> CreateChatCompletionRequest {
-    CreateChatCompletionRequestArgs::default()
-        .model(model)
-        .messages([ChatCompletionRequestUserMessageArgs::default()
-            .content("Say hello.")
-            .build()
-            .unwrap()
-            .into()])
-        .build()
-        .unwrap()
+    support::sdk_request(model)
 }
 
 /// The proxy with built-in tiers, guarded by [`CLIENT_KEY`].

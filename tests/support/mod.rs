@@ -485,3 +485,35 @@ pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<
     }
     found
 }
+
+/// A stock OpenAI SDK (async-openai) client for the proxy: only its base
+/// URL points at the proxy. The SDK's own `reqwest::Client::new()` needs a
+/// process-wide rustls provider (the build has only ring, with no default
+/// chosen), as any application using it would install.
+pub(crate) fn openai_sdk(
+    proxy: &Proxy,
+    key: &str,
+) -> async_openai::Client<async_openai::config::OpenAIConfig> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    async_openai::Client::with_config(
+        async_openai::config::OpenAIConfig::new()
+            .with_api_base(format!("http://{}/v1", proxy.addr()))
+            .with_api_key(key),
+    )
+}
+
+/// A chat request for the SDK: `model` (a tier name) and one user message.
+pub(crate) fn sdk_request(model: &str) -> async_openai::types::chat::CreateChatCompletionRequest {
+    use async_openai::types::chat::{
+        ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs,
+    };
+    CreateChatCompletionRequestArgs::default()
+        .model(model)
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content("Say hello.")
+            .build()
+            .expect("a user message")
+            .into()])
+        .build()
+        .expect("a chat request")
+}

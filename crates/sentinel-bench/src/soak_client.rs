@@ -408,16 +408,9 @@ fn kind_of(what: &str) -> String {
         .to_owned()
 }
 
-/// The status class, as the proxy's `status` label spells it.
-pub(crate) fn status_class(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
+/// The status class, as the proxy's `status` label spells it (the layer's
+/// own rule).
+pub(crate) use sentinel_layer::classify::status_class;
 
 #[cfg(test)]
 mod tests {
