@@ -85,6 +85,18 @@ async fn stream_on(
     panic!("no stream went first to {first} and was served by {served} in 30 tries");
 }
 
+/// A streamed chat completion (asking for usage when `include_usage`) that
+/// starts on `model` and keeps its head.
+async fn chat_stream_on(
+    proxy: &Proxy,
+    upstream: &MockUpstream,
+    include_usage: bool,
+    model: &str,
+) -> (Reply, Vec<RecordedRequest>) {
+    let body = stream_body(include_usage);
+    started_on(proxy, upstream, "/v1/chat/completions", &body, model).await
+}
+
 /// [`stream_on`] for a stream that starts on `model` and keeps its head.
 async fn started_on(
     proxy: &Proxy,
@@ -189,14 +201,7 @@ fn assert_prefilled(seen: &[RecordedRequest], b: &str, a: &str) {
 async fn a_broken_stream_is_continued(test: &str, fault: UpstreamFault) {
     let (a, b) = models(test);
     let (upstream, _zion, proxy) = setup(test, fault, &[]).await;
-    let (reply, seen) = started_on(
-        &proxy,
-        &upstream,
-        "/v1/chat/completions",
-        &stream_body(false),
-        &a,
-    )
-    .await;
+    let (reply, seen) = chat_stream_on(&proxy, &upstream, false, &a).await;
     assert_spliced(&reply, &a, &b);
     assert_prefilled(&seen, &b, &a);
     let metrics = proxy.metrics().await;
@@ -248,14 +253,7 @@ async fn a_continued_stream_still_counts_against_the_model_that_broke() {
         &[("SENTINEL_FAILURE_THRESHOLD", "1")],
     )
     .await;
-    let (reply, _) = started_on(
-        &proxy,
-        &upstream,
-        "/v1/chat/completions",
-        &stream_body(false),
-        &a,
-    )
-    .await;
+    let (reply, _) = chat_stream_on(&proxy, &upstream, false, &a).await;
     assert_spliced(&reply, &a, &b);
     let opened = metric(
         &proxy.metrics().await,
@@ -283,14 +281,7 @@ async fn a_client_that_asked_for_usage_gets_one_usage_chunk() {
     let test = "usage";
     let (a, b) = models(test);
     let (upstream, _zion, proxy) = setup(test, UpstreamFault::BreakStreamAfter(1), &[]).await;
-    let (reply, _) = started_on(
-        &proxy,
-        &upstream,
-        "/v1/chat/completions",
-        &stream_body(true),
-        &a,
-    )
-    .await;
+    let (reply, _) = chat_stream_on(&proxy, &upstream, true, &a).await;
     assert_spliced(&reply, &a, &b);
     let usage: Vec<_> = chunks(&reply)
         .into_iter()
@@ -310,14 +301,7 @@ async fn a_refused_continuation_leaves_the_client_the_first_failures_error() {
     let (a, b) = models(test);
     let (upstream, _zion, proxy) = setup(test, UpstreamFault::BreakStreamAfter(1), &[]).await;
     upstream.set_fault(&b, UpstreamFault::RejectPrefill);
-    let (reply, seen) = started_on(
-        &proxy,
-        &upstream,
-        "/v1/chat/completions",
-        &stream_body(false),
-        &a,
-    )
-    .await;
+    let (reply, seen) = chat_stream_on(&proxy, &upstream, false, &a).await;
     let text = reply.text();
     let chunks = chunks(&reply);
     assert_eq!(content(&chunks), piece(&a, 1));
@@ -342,14 +326,7 @@ async fn a_continuation_that_fails_before_its_first_token_leaves_the_first_error
     let (a, b) = models(test);
     let (upstream, _zion, proxy) = setup(test, UpstreamFault::StallAfter(1), &[]).await;
     upstream.set_fault(&b, UpstreamFault::FirstTokenDelay(Duration::from_secs(5)));
-    let (reply, _) = started_on(
-        &proxy,
-        &upstream,
-        "/v1/chat/completions",
-        &stream_body(false),
-        &a,
-    )
-    .await;
+    let (reply, _) = chat_stream_on(&proxy, &upstream, false, &a).await;
     let chunks = chunks(&reply);
     assert_eq!(content(&chunks), piece(&a, 1));
     // The first failure was a stall: Sentinel's own timeout.
@@ -364,14 +341,7 @@ async fn a_continuation_that_breaks_too_ends_with_an_error_never_as_complete() {
     let (a, b) = models(test);
     let (upstream, _zion, proxy) = setup(test, UpstreamFault::BreakStreamAfter(1), &[]).await;
     upstream.set_fault(&b, UpstreamFault::BreakStreamAfter(1));
-    let (reply, _) = started_on(
-        &proxy,
-        &upstream,
-        "/v1/chat/completions",
-        &stream_body(false),
-        &a,
-    )
-    .await;
+    let (reply, _) = chat_stream_on(&proxy, &upstream, false, &a).await;
     let text = reply.text();
     let chunks = chunks(&reply);
     assert_eq!(
@@ -401,14 +371,7 @@ async fn with_continuation_off_a_broken_stream_ends_with_the_error_event() {
         &[("SENTINEL_STREAM_CONTINUATION", "false")],
     )
     .await;
-    let (reply, seen) = started_on(
-        &proxy,
-        &upstream,
-        "/v1/chat/completions",
-        &stream_body(false),
-        &a,
-    )
-    .await;
+    let (reply, seen) = chat_stream_on(&proxy, &upstream, false, &a).await;
     let chunks = chunks(&reply);
     assert_eq!(content(&chunks), piece(&a, 1));
     assert_eq!(chunks.last().unwrap()["error"]["code"], "upstream_failed");

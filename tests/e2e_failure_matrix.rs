@@ -70,15 +70,9 @@ fn config() -> Value {
 async fn pinned_to_a(proxy: &Proxy) -> String {
     for _ in 0..40 {
         let session = unique("matrix");
-        let reply = Reply::read(
-            proxy
-                .post_json("/v1/chat/completions", &chat_body(Some("simple")))
-                .header("x-sentinel-session", &session)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let reply = proxy
+            .chat_in_session(&session, &chat_body(Some("simple")))
+            .await;
         assert_eq!(reply.status, 200);
         if reply.model() == Some(A) {
             return session;
@@ -337,15 +331,7 @@ async fn every_provider_failure_gets_a_documented_answer_within_its_bound() {
         body["stream"] = json!(scenario.stream);
         let before = upstream.requests().len();
         let started = Instant::now();
-        let reply = Reply::read(
-            proxy
-                .post_json("/v1/chat/completions", &body)
-                .header("x-sentinel-session", &session)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let reply = proxy.chat_in_session(&session, &body).await;
         let took = started.elapsed();
         if scenario
             .faults

@@ -31,16 +31,9 @@ fn rss_kib() -> u64 {
         .unwrap()
 }
 
+/// `POST /v1/chat/completions` for `tier` within `session`.
 async fn in_session(proxy: &Proxy, session: &str, tier: &str) -> Reply {
-    Reply::read(
-        proxy
-            .post_json("/v1/chat/completions", &chat_body(Some(tier)))
-            .header("x-sentinel-session", session)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    proxy.chat_in_session(session, &chat_body(Some(tier))).await
 }
 
 fn session_value(redis: &RedisServer, session: &str) -> Option<String> {

@@ -16,15 +16,7 @@ use support::{Env, Proxy, Reply, chat_body, unique};
 
 /// `POST /v1/chat/completions` for `tier` within `session`.
 async fn in_session(proxy: &Proxy, session: &str, tier: &str) -> Reply {
-    Reply::read(
-        proxy
-            .post_json("/v1/chat/completions", &chat_body(Some(tier)))
-            .header("x-sentinel-session", session)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    proxy.chat_in_session(session, &chat_body(Some(tier))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

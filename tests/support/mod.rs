@@ -142,6 +142,19 @@ impl Proxy {
         .await
     }
 
+    /// `POST /v1/chat/completions` with `body` within `session`
+    /// (`x-sentinel-session`), read in full.
+    pub(crate) async fn chat_in_session(&self, session: &str, body: &Value) -> Reply {
+        Reply::read(
+            self.post_json("/v1/chat/completions", body)
+                .header("x-sentinel-session", session)
+                .send()
+                .await
+                .expect("the proxy answers"),
+        )
+        .await
+    }
+
     /// A streamed chat completion for `tier` (the body of [`chat_body`]
     /// with `"stream": true`), read in full.
     pub(crate) async fn chat_stream(&self, tier: &str) -> Reply {

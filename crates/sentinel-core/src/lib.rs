@@ -42,6 +42,7 @@ mod model;
 pub mod redact;
 pub mod session;
 pub mod source;
+mod store_error;
 pub mod tier;
 
 pub use backoff::{BackoffSchedule, InvalidBackoff};
@@ -52,4 +53,5 @@ pub use config::{
 };
 pub use session::{PickReason, PinWrite, Pinned, SessionPlan};
 pub use source::{ConfigFuture, ConfigUnavailable, StaticConfig, TierConfigSource};
+pub use store_error::StoreError;
 pub use tier::{Tier, UnknownTier};

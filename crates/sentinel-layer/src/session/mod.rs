@@ -32,7 +32,6 @@
 //! # }
 //! ```
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -83,45 +82,6 @@ pub trait SessionStore: Send + Sync + 'static {
     }
 }
 
-/// A session store operation failed (Redis unreachable, timed out, ...).
-/// The cause, when there is one, is kept as the source.
-#[derive(Debug, Clone)]
-pub struct SessionError {
-    message: String,
-    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
-}
-
-impl SessionError {
-    /// An error with `message`, which must hold no secret.
-    pub fn new(message: impl Into<String>) -> Self {
-        SessionError {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// An error with `message` and its cause (neither may hold a secret).
-    pub fn with_source(
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        SessionError {
-            message: message.into(),
-            source: Some(std::sync::Arc::new(source)),
-        }
-    }
-}
-
-impl fmt::Display for SessionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for SessionError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
-    }
-}
+/// A session store operation failed (Redis unreachable, timed out, ...):
+/// the same error as the tier-config store's.
+pub type SessionError = sentinel_core::StoreError;
