@@ -7,7 +7,7 @@
 //! | did the model fail? ([`is_failure`]) | 429 or any 5xx; a trailers-only gRPC answer with `grpc-status` 14, 8 or 4 ([`is_grpc_unavailable`]) | retry, breakers, continuation |
 //! | for how long? ([`retry_after`]) | the provider's `Retry-After`, delta-seconds or an HTTP-date, capped at a day | retry (the client's 429), breakers (a floor on the wait) |
 //! | no answer at all ([`UpstreamErrorKind`]) | a connection failure is the provider's; a timeout or anything else the model's | breakers |
-//! | what does the client get when the last attempt failed? ([`error_code`]) | timeout: 504 `upstream_timeout`; breaker refusal: 503 `all_models_backing_off`; a 429: 429 `rate_limited`; else 502 `upstream_failed` | retry, routing |
+//! | what does the client get when the last attempt failed? ([`error_code`]) | timeout: 504 `upstream_timeout`; a 429: 429 `rate_limited`; else 502 `upstream_failed` (no model to try at all is 503 `all_models_backing_off`, from the choice) | retry, routing, the proxy |
 //! | what does a probe say? ([`Probe::of`]) | 2xx: up; no answer, 429, 502, 503, 504: down; any other status: inconclusive | health checks, background model probes |
 //! | which status class? ([`status_class`]) | `1xx` ... `5xx` | metrics |
 //!
@@ -82,7 +82,6 @@ pub fn error_code(kind: UpstreamErrorKind, rate_limited: bool) -> ErrorCode {
     match kind {
         _ if rate_limited => ErrorCode::RateLimited,
         UpstreamErrorKind::Timeout => ErrorCode::UpstreamTimeout,
-        UpstreamErrorKind::BackingOff => ErrorCode::AllModelsBackingOff,
         _ => ErrorCode::UpstreamFailed,
     }
 }
@@ -214,10 +213,6 @@ mod tests {
         assert_eq!(
             error_code(UpstreamErrorKind::Other, true),
             ErrorCode::RateLimited
-        );
-        assert_eq!(
-            error_code(UpstreamErrorKind::BackingOff, false),
-            ErrorCode::AllModelsBackingOff
         );
         assert_eq!(
             error_code(UpstreamErrorKind::Connect, false),

@@ -39,11 +39,10 @@ use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
 use crate::breaker::AttemptReport;
-use crate::breaker::service::Record;
+use crate::breaker::record::Record;
 use crate::breaker::state::Outcome;
 use crate::decision::{RoutingDecision, SelectionReason};
-use crate::metrics as m;
-use crate::retry::RouteContext;
+use crate::retry::{Failure, RouteContext, next_decision};
 use crate::upstream::UpstreamError;
 
 /// The continuation of a routed request's first attempt: a request
@@ -87,30 +86,12 @@ impl Continuation {
     /// provider) is open. `None` when there is none to try.
     pub fn next(self) -> Option<ContinuationAttempt> {
         let Continuation { context, decision } = self;
-        let models = context.config.tier(decision.tier);
-        let tried = |m: &sentinel_core::ModelEntry| m.is(&decision.provider, &decision.model);
-        let (next, ticket) = context
-            .selector
-            .choose(models, tried, Instant::now())
-            .ok()?;
+        let (next, ticket) = Failure::Other.next_model(&context, &decision, Instant::now())?;
         let body = context.template.render(next.model());
-        let next = RoutingDecision {
-            provider: next.provider_arc().clone(),
-            model: next.model_arc().clone(),
-            attempt: decision.attempt + 1,
-            reason: SelectionReason::Continuation,
-            ..decision
-        };
-        ::metrics::counter!(m::SELECTIONS,
-            "tier" => next.tier.as_str(),
-            "model" => next.model.clone(),
-            "provider" => next.provider.clone(),
-            "reason" => SelectionReason::Continuation.as_str())
-        .increment(1);
-        tracing::info!(tier = %next.tier, from = %decision.model, to = %next.model, "continuing a broken stream on the next model");
+        let next = next_decision(&decision, next, SelectionReason::Continuation);
         Some(ContinuationAttempt {
             record: Record::new(
-                next.clone(),
+                (next.provider.clone(), next.model.clone()),
                 ticket,
                 context.selector.breakers.clone(),
                 AttemptReport::default(),

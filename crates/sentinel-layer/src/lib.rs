@@ -69,12 +69,12 @@ pub mod tier_routing;
 mod upstream;
 
 pub use body::{ResponseBody, RoutedBody, StreamUsageAdded};
-pub use breaker::{AttemptReport, Backoff, BackoffFuture};
+pub use breaker::AttemptReport;
 pub use continuation::{Continuation, ContinuationAttempt};
 pub use decision::{RoutingDecision, SelectionReason};
 pub use error::{ErrorCode, SentinelError, StreamApi};
 pub use headers::{MODEL as MODEL_HEADER, TIER as TIER_HEADER};
-pub use retry::{ContextLengthExceeded, NextModel};
+pub use retry::ContextLengthExceeded;
 pub use session::{MemorySessionStore, RedisSessionStore, SessionStore};
 pub use tier_routing::{
     InvalidConfig, ResponseFuture, TierRouting, TierRoutingLayer, TierRoutingLayerBuilder,

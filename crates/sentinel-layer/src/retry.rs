@@ -1,18 +1,22 @@
-//! The retry stage's policy: once more, on the next model of the tier.
+//! The retry rule: once more, on the next model of the tier.
 //!
-//! [`NextModel`] is a tower [`Policy`]: on a connection error, a timeout,
-//! a 429 or any 5xx (the [`classify`](crate::classify) rule) it chooses another model of the same tier that
-//! has not been tried (the same weighted rule, open breakers excluded),
-//! rewrites the buffered body for it and tries once more. Other 4xx pass
-//! through. The decision is made on the response head, so a stream that
+//! After a connection error, a timeout, a 429 or any 5xx (the
+//! [`classify`](crate::classify) rule) the layer chooses another model of
+//! the same tier that has not been tried (the same weighted rule, open
+//! breakers excluded), renders the buffered body for it and tries once
+//! more. Other 4xx pass through. The decision is made on the response head, so a stream that
 //! has started is never retried; a request whose body was not buffered
 //! (gRPC) is never retried. When the last attempt fails, the policy answers
 //! in Sentinel's envelope: 429 `rate_limited` with the provider's
 //! `Retry-After` after a 429, 504 `upstream_timeout` after a timeout, else
 //! 502 `upstream_failed`.
 //!
-//! The policy is part of the stack [`TierRoutingLayer`](crate::TierRoutingLayer)
-//! builds; there is nothing to configure. What the inner service sees on a
+//! The rule is part of [`TierRoutingLayer`](crate::TierRoutingLayer)'s one
+//! routing future; there is nothing to configure. The retry's request is
+//! built only when a retry happens: the layer keeps the request head it
+//! needs (method, URI, headers, the caller's extensions) only when the tier
+//! has another model, and renders the body from the template it already
+//! holds. What the inner service sees on a
 //! retry is a second call whose [`RoutingDecision`] has `attempt == 2` and
 //! `reason == SelectionReason::Retry`.
 //!
@@ -30,92 +34,59 @@
 //! # let _ = describe;
 //! ```
 
-use std::future::{Ready, ready};
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, header};
-use http_body_util::Either;
-use sentinel_core::TierConfig;
+use http::Response;
+use sentinel_core::{ModelEntry, TierConfig};
 use tokio::time::Instant;
-use tower::retry::Policy;
 
-use crate::body::{ResponseBody, RoutedBody};
-use crate::breaker::state::TicketSlot;
-use crate::classify::{is_failure_status, retry_after};
+use crate::breaker::state::Ticket;
+use crate::classify::{error_code, is_failure_status, retry_after};
 use crate::decision::{RoutingDecision, SelectionReason};
-use crate::error::{ErrorCode, SentinelError};
+use crate::error::SentinelError;
 use crate::metrics as m;
 use crate::request::BodyTemplate;
 use crate::select::Selector;
 use crate::upstream::{UpstreamError, UpstreamErrorKind};
 
 /// Attempts per request: the first and one retry.
-const MAX_ATTEMPTS: u32 = 2;
+pub(crate) const MAX_ATTEMPTS: u32 = 2;
 
 /// A response extension an inner service sets on a `400` whose error code
 /// is `context_length_exceeded`: the prompt does not fit the model. The
-/// retry stage then tries once more on the model of the tier with the
-/// largest context window (or the next model when the tier config gives
-/// none); it does not count against the model's breaker. The proxy sets it
-/// from the provider's error body.
+/// layer then tries once more on the model of the tier with the largest
+/// context window (or the next model when the tier config gives none); it
+/// does not count against the model's breaker. The proxy sets it from the
+/// provider's error body.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ContextLengthExceeded;
 
-/// What the retry stage needs of a routed request (a request extension).
+/// What a retry or a continuation needs of a routed request (a request
+/// extension of every attempt whose body was buffered).
 #[derive(Clone)]
 pub(crate) struct RouteContext {
     pub(crate) config: Arc<TierConfig>,
     pub(crate) template: BodyTemplate,
-    /// Chooses a continuation's model ([`crate::Continuation`]).
+    /// Chooses the next model ([`crate::Continuation`]).
     pub(crate) selector: Arc<Selector>,
 }
 
-/// The retry policy: the next model of the tier, once.
-#[derive(Clone)]
-pub struct NextModel {
-    selector: Arc<Selector>,
-    attempts: u32,
-}
-
-impl std::fmt::Debug for NextModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NextModel")
-            .field("attempts", &self.attempts)
-            .finish_non_exhaustive()
-    }
-}
-
-impl NextModel {
-    pub(crate) fn new(selector: Arc<Selector>) -> Self {
-        NextModel {
-            selector,
-            attempts: 1,
-        }
-    }
-}
-
-enum Failure {
+/// Why an attempt did not give the client its answer.
+pub(crate) enum Failure {
     /// The prompt does not fit the model: try a larger one, else pass the
     /// provider's answer on.
     ContextLength,
     Timeout,
-    BackingOff(Option<Instant>),
     /// A 429, with the provider's `Retry-After`.
-    RateLimited(Option<std::time::Duration>),
+    RateLimited(Option<Duration>),
     Other,
 }
 
-impl<B, ResBody> Policy<Request<RoutedBody<B>>, Response<ResponseBody<ResBody>>, UpstreamError>
-    for NextModel
-{
-    type Future = Ready<()>;
-
-    fn retry(
-        &mut self,
-        req: &mut Request<RoutedBody<B>>,
-        result: &mut Result<Response<ResponseBody<ResBody>>, UpstreamError>,
-    ) -> Option<Self::Future> {
-        let failure = match result {
+impl Failure {
+    /// The failure an attempt ended in; `None` when its answer stands.
+    pub(crate) fn of<R>(result: &Result<Response<R>, UpstreamError>) -> Option<Failure> {
+        Some(match result {
             Ok(response)
                 if response.status() == http::StatusCode::BAD_REQUEST
                     && response
@@ -130,104 +101,87 @@ impl<B, ResBody> Policy<Request<RoutedBody<B>>, Response<ResponseBody<ResBody>>,
                 Failure::RateLimited(retry_after(response.headers()))
             }
             Ok(_) => Failure::Other,
-            Err(e) => match e.kind() {
-                UpstreamErrorKind::Timeout => Failure::Timeout,
-                UpstreamErrorKind::BackingOff => Failure::BackingOff(e.until()),
-                _ => Failure::Other,
-            },
-        };
-        let decision = req.extensions().get::<RoutingDecision>()?.clone();
-        let context = req.extensions().get::<RouteContext>()?.clone();
+            Err(e) if e.kind() == UpstreamErrorKind::Timeout => Failure::Timeout,
+            Err(_) => Failure::Other,
+        })
+    }
 
-        if self.attempts < MAX_ATTEMPTS {
-            let now = Instant::now();
-            let models = context.config.tier(decision.tier);
-            let tried = |m: &sentinel_core::ModelEntry| m.is(&decision.provider, &decision.model);
-            let next = match failure {
-                Failure::ContextLength => {
-                    let window = models
-                        .find(&decision.provider, &decision.model)
-                        .and_then(|m| m.context_window());
-                    self.selector
-                        .choose_largest_window(models, tried, window, now)
-                }
-                _ => self.selector.choose(models, tried, now),
-            };
-            if let Ok((next, ticket)) = next {
-                self.attempts += 1;
-                req.extensions_mut().insert(TicketSlot::new(ticket));
-                let body = context.template.render(next.model());
-                req.headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-                *req.body_mut() = RoutedBody::buffered(body);
-                let retry = RoutingDecision {
-                    provider: next.provider_arc().clone(),
-                    model: next.model_arc().clone(),
-                    attempt: self.attempts,
-                    reason: SelectionReason::Retry,
-                    ..decision
-                };
-                ::metrics::counter!(m::RETRIES, "tier" => retry.tier.as_str()).increment(1);
-                ::metrics::counter!(m::SELECTIONS,
-                    "tier" => retry.tier.as_str(),
-                    "model" => retry.model.clone(),
-                    "provider" => retry.provider.clone(),
-                    "reason" => SelectionReason::Retry.as_str())
-                .increment(1);
-                tracing::info!(tier = %retry.tier, from = %decision.model, to = %retry.model, "retrying on the next model");
-                req.extensions_mut().insert(retry);
-                return Some(ready(()));
+    /// The model to retry on after this failure, chosen and admitted: the
+    /// largest context window after [`Failure::ContextLength`], else the
+    /// weighted rule; never the model that failed.
+    pub(crate) fn next_model<'c>(
+        &self,
+        context: &'c RouteContext,
+        failed: &RoutingDecision,
+        now: Instant,
+    ) -> Option<(&'c ModelEntry, Ticket)> {
+        let models = context.config.tier(failed.tier);
+        let tried = |m: &ModelEntry| m.is(&failed.provider, &failed.model);
+        let next = match self {
+            Failure::ContextLength => {
+                let window = models
+                    .find(&failed.provider, &failed.model)
+                    .and_then(|m| m.context_window());
+                context
+                    .selector
+                    .choose_largest_window(models, tried, window, now)
             }
-        }
+            _ => context.selector.choose(models, tried, now),
+        };
+        next.ok()
+    }
 
-        let error = match failure {
-            // No other model to try: the provider's own answer stands.
+    /// What the client gets when no attempt is left; `None` when the
+    /// provider's own answer stands (a prompt too long for every model).
+    pub(crate) fn final_answer(self, last: &RoutingDecision) -> Option<SentinelError> {
+        let model = &last.model;
+        let (kind, wait, what) = match self {
             Failure::ContextLength => return None,
-            Failure::Timeout => SentinelError::new(
-                ErrorCode::UpstreamTimeout,
-                format!("the upstream model `{}` timed out", decision.model),
-            ),
-            Failure::BackingOff(until) => {
-                let wait = until.map(|u| u.saturating_duration_since(Instant::now()));
-                let err = SentinelError::new(
-                    ErrorCode::AllModelsBackingOff,
-                    format!("every model of tier `{}` is backing off", decision.tier),
-                );
-                match wait {
-                    Some(w) => err.retry_after(w),
-                    None => err,
-                }
-            }
-            Failure::RateLimited(wait) => {
-                let err = SentinelError::new(
-                    ErrorCode::RateLimited,
-                    format!("the upstream model `{}` is rate limited", decision.model),
-                );
-                match wait {
-                    Some(w) => err.retry_after(w),
-                    None => err,
-                }
-            }
-            Failure::Other => SentinelError::new(
-                ErrorCode::UpstreamFailed,
-                format!("the upstream model `{}` failed", decision.model),
-            ),
+            Failure::Timeout => (UpstreamErrorKind::Timeout, None, "timed out"),
+            Failure::RateLimited(wait) => (UpstreamErrorKind::Other, wait, "is rate limited"),
+            Failure::Other => (UpstreamErrorKind::Other, None, "failed"),
         };
-        let mut response = error.into_response().map(Either::Right);
-        response.extensions_mut().insert(decision);
-        *result = Ok(response);
-        None
+        let rate_limited = matches!(self, Failure::RateLimited(_));
+        let error = SentinelError::new(
+            error_code(kind, rate_limited),
+            format!("the upstream model `{model}` {what}"),
+        );
+        Some(match wait {
+            Some(wait) => error.retry_after(wait),
+            None => error,
+        })
     }
+}
 
-    fn clone_request(&mut self, req: &Request<RoutedBody<B>>) -> Option<Request<RoutedBody<B>>> {
-        let bytes = req.body().as_bytes()?.clone();
-        req.extensions().get::<RouteContext>()?;
-        let mut clone = Request::new(RoutedBody::buffered(bytes));
-        *clone.method_mut() = req.method().clone();
-        *clone.uri_mut() = req.uri().clone();
-        *clone.version_mut() = req.version();
-        *clone.headers_mut() = req.headers().clone();
-        *clone.extensions_mut() = req.extensions().clone();
-        Some(clone)
+/// The decision of the attempt after `failed` on `next`, for `reason`
+/// ([`SelectionReason::Retry`] or [`SelectionReason::Continuation`]),
+/// counted in the selection metric.
+pub(crate) fn next_decision(
+    failed: &RoutingDecision,
+    next: &ModelEntry,
+    reason: SelectionReason,
+) -> RoutingDecision {
+    let decision = RoutingDecision {
+        provider: next.provider_arc().clone(),
+        model: next.model_arc().clone(),
+        attempt: failed.attempt + 1,
+        reason,
+        ..failed.clone()
+    };
+    if reason == SelectionReason::Retry {
+        ::metrics::counter!(m::RETRIES, "tier" => decision.tier.as_str()).increment(1);
     }
+    ::metrics::counter!(m::SELECTIONS,
+        "tier" => decision.tier.as_str(),
+        "model" => decision.model.clone(),
+        "provider" => decision.provider.clone(),
+        "reason" => reason.as_str())
+    .increment(1);
+    let (tier, from, to) = (decision.tier, &failed.model, &decision.model);
+    if reason == SelectionReason::Retry {
+        tracing::info!(%tier, %from, %to, "retrying on the next model");
+    } else {
+        tracing::info!(%tier, %from, %to, "continuing a broken stream on the next model");
+    }
+    decision
 }

@@ -1,6 +1,6 @@
 //! How the inner service reports a failed attempt.
 //!
-//! The retry stage needs to tell a connection failure from a timeout: the
+//! The layer needs to tell a connection failure from a timeout: the
 //! first counts against the provider, the second against the model, and a
 //! timeout on the last attempt answers 504 `upstream_timeout` instead of
 //! 502 `upstream_failed`. An inner service says which it was by failing
@@ -22,8 +22,6 @@ use std::error::Error;
 use std::fmt;
 use std::io;
 
-use tokio::time::Instant;
-
 /// A boxed error, as tower passes them around.
 pub type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -37,8 +35,6 @@ pub enum UpstreamErrorKind {
     Timeout,
     /// Any other failure before a response head arrived.
     Other,
-    /// The model's breaker opened after it was chosen; it was not called.
-    BackingOff,
 }
 
 /// A failed attempt, before any response head.
@@ -46,7 +42,6 @@ pub enum UpstreamErrorKind {
 pub struct UpstreamError {
     kind: UpstreamErrorKind,
     source: Option<BoxError>,
-    until: Option<Instant>,
 }
 
 impl UpstreamError {
@@ -65,30 +60,16 @@ impl UpstreamError {
         Self::with(UpstreamErrorKind::Other, source)
     }
 
-    pub(crate) fn backing_off(until: Instant) -> Self {
-        UpstreamError {
-            kind: UpstreamErrorKind::BackingOff,
-            source: None,
-            until: Some(until),
-        }
-    }
-
     fn with(kind: UpstreamErrorKind, source: impl Into<BoxError>) -> Self {
         UpstreamError {
             kind,
             source: Some(source.into()),
-            until: None,
         }
     }
 
     /// What kind of failure it was.
     pub fn kind(&self) -> UpstreamErrorKind {
         self.kind
-    }
-
-    /// For [`UpstreamErrorKind::BackingOff`]: when the model may be tried again.
-    pub(crate) fn until(&self) -> Option<Instant> {
-        self.until
     }
 
     /// Classifies any error of an inner service.
@@ -142,7 +123,6 @@ impl fmt::Display for UpstreamError {
             UpstreamErrorKind::Connect => "the upstream could not be reached",
             UpstreamErrorKind::Timeout => "the upstream timed out",
             UpstreamErrorKind::Other => "the upstream request failed",
-            UpstreamErrorKind::BackingOff => "the model is backing off",
         };
         f.write_str(what)
     }

@@ -1,11 +1,14 @@
 //! The circuit-breaking backoff stage.
 //!
-//! [`Backoff`] sits between the retry stage and the inner service. For each
-//! attempt it checks the chosen model's breaker (a model that opened since
-//! it was chosen is refused without calling the inner service, and the
-//! retry stage moves on) and records the outcome: a success closes the
-//! model's and the provider's breakers; a timeout, 429 or 5xx counts against
-//! the model; a connection failure against the provider.
+//! Every model and every provider has a breaker. A model is chosen and
+//! admitted in one step (its breaker hands out a ticket; a half-open
+//! breaker hands out one probe ticket at a time), and each attempt's
+//! outcome is recorded against that ticket when the attempt ends: a
+//! success closes the model's and the provider's breakers; a timeout, 429
+//! or 5xx (the [`classify`](crate::classify) rule) counts against the
+//! model; a connection failure against the provider. Only outcomes of the
+//! breaker's current generation move it, so late answers from before it
+//! opened cannot double its wait.
 //!
 //! Open models are excluded when the layer chooses a model, never through
 //! `poll_ready`, so one open model never stalls the others.
@@ -35,10 +38,9 @@
 //! # }
 //! ```
 
+pub(crate) mod record;
 mod report;
-pub(crate) mod service;
 pub(crate) mod shared;
 pub(crate) mod state;
 
 pub use report::AttemptReport;
-pub use service::{Backoff, BackoffFuture};

@@ -148,21 +148,6 @@ impl Ticket {
     }
 }
 
-/// A [`Ticket`] travelling with its request as an extension (extensions
-/// are cloned; the ticket is taken once, by the backoff stage).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct TicketSlot(Arc<Mutex<Option<Ticket>>>);
-
-impl TicketSlot {
-    pub(crate) fn new(ticket: Ticket) -> Self {
-        TicketSlot(Arc::new(Mutex::new(Some(ticket))))
-    }
-
-    pub(crate) fn take(&self) -> Option<Ticket> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
-
 /// Held by the one probe request of a half-open breaker; frees the probe
 /// slot when dropped, whatever became of the probe.
 #[derive(Debug)]

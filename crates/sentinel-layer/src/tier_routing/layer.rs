@@ -7,18 +7,15 @@ use std::time::Duration;
 use fred::clients::Pool;
 use http::{Method, Uri};
 use sentinel_core::{BackoffSchedule, TierConfigSource};
-use tower::retry::Retry;
 use tower_layer::Layer;
 
 use super::service::TierRouting;
 use super::{Routes, Sessions, Shared};
-use crate::breaker::Backoff;
 use crate::breaker::shared::SharedOpenState;
 use crate::breaker::state::{BreakerSettings, Breakers};
 use crate::error::InvalidConfig;
 use crate::health::HealthChecks;
 use crate::recovery::ModelProbes;
-use crate::retry::NextModel;
 use crate::rng::Randomness;
 use crate::select::Selector;
 use crate::session::SessionStore;
@@ -61,16 +58,14 @@ impl TierRoutingLayer {
     }
 }
 
-impl<S: Clone> Layer<S> for TierRoutingLayer {
+impl<S> Layer<S> for TierRoutingLayer {
     type Service = TierRouting<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         // A layer built outside a runtime starts its tasks here, if this is
         // inside one.
         self.shared.start_background();
-        let backoff = Backoff::new(inner.clone(), self.shared.selector.breakers.clone());
-        let stack = Retry::new(NextModel::new(self.shared.selector.clone()), backoff);
-        TierRouting::new(self.shared.clone(), inner, stack)
+        TierRouting::new(self.shared.clone(), inner)
     }
 }
 

@@ -1,19 +1,22 @@
 //! Tier routing: the layer that turns a tier into a model.
 //!
 //! [`TierRoutingLayer`] wraps a service `S` (the one that forwards to the
-//! provider) in three stages, outer to inner:
+//! provider) in [`TierRouting`], whose one future per request does, in
+//! order:
 //!
-//! 1. **tier routing** ([`TierRouting`]): reads the tier (body `tier`,
-//!    `X-Sentinel-Tier`, or a `model` that is a tier name) and the session
-//!    (`X-Sentinel-Session`), loads the tier config, applies the session
-//!    rule, chooses a model by weight among the models whose breakers are
-//!    closed, rewrites the body (`model` set, `tier` removed,
-//!    `Content-Length` fixed) and stamps `X-Sentinel-Model` and
-//!    `X-Sentinel-Tier` on the response;
-//! 2. **retry** ([`NextModel`](crate::NextModel), a tower retry policy):
-//!    once more on another model of the tier after a retryable failure;
-//! 3. **backoff** ([`Backoff`](crate::Backoff)): refuses models whose
-//!    breaker is open and records every attempt's outcome.
+//! 1. **routing**: reads the tier (body `tier`, `X-Sentinel-Tier`, or a
+//!    `model` that is a tier name) and the session (`X-Sentinel-Session`),
+//!    loads the tier config, applies the session rule, and chooses and
+//!    admits a model by weight among the models whose breakers are closed
+//!    (one step: the breaker hands the attempt its ticket);
+//! 2. **attempts**: renders the body for the model (`model` set, `tier`
+//!    removed, `Content-Length` fixed), calls `S`, records the outcome in
+//!    the model's breakers ([`breaker`](crate::breaker)) and, after a
+//!    retryable failure, tries once more on another model of the tier
+//!    ([`retry`](crate::retry));
+//! 3. **answer**: stamps `X-Sentinel-Model` and `X-Sentinel-Tier` on the
+//!    response, counts it, and after a failover moves the session to the
+//!    model that answered.
 //!
 //! It acts on `POST` to the routed paths (`/v1/chat/completions`,
 //! `/v1/responses`), whose body must be JSON (an absent content type is
@@ -59,6 +62,7 @@
 //!
 //! [`RoutingDecision`]: crate::RoutingDecision
 
+mod attempts;
 mod future;
 mod layer;
 mod routes;

@@ -11,20 +11,19 @@ use http_body_util::{BodyExt, Either, Limited};
 use sentinel_core::{PickReason, Pinned, SessionPlan, Tier, TierConfig};
 use tokio::time::Instant;
 use tower::ServiceExt;
-use tower::retry::Retry;
 use tower_service::Service;
 
+use super::attempts::{self, Attempt};
 use super::future::ResponseFuture;
 use super::{Mode, Shared};
-use crate::body::{ResponseBody, RoutedBody, StreamUsageAdded};
-use crate::breaker::Backoff;
-use crate::breaker::state::{Ticket, TicketSlot};
+use crate::body::{ResponseBody, RoutedBody};
+use crate::breaker::state::Ticket;
 use crate::decision::{RoutingDecision, SelectionReason};
 use crate::error::{ErrorCode, SentinelError};
 use crate::headers;
 use crate::metrics as m;
 use crate::request;
-use crate::retry::{NextModel, RouteContext};
+use crate::retry::RouteContext;
 use crate::select::NoModel;
 use crate::upstream::BoxError;
 
@@ -32,7 +31,6 @@ use crate::upstream::BoxError;
 pub struct TierRouting<S> {
     shared: Arc<Shared>,
     inner: S,
-    stack: Retry<NextModel, Backoff<S>>,
 }
 
 impl<S: Clone> Clone for TierRouting<S> {
@@ -40,7 +38,6 @@ impl<S: Clone> Clone for TierRouting<S> {
         TierRouting {
             shared: self.shared.clone(),
             inner: self.inner.clone(),
-            stack: self.stack.clone(),
         }
     }
 }
@@ -52,12 +49,8 @@ impl<S> fmt::Debug for TierRouting<S> {
 }
 
 impl<S> TierRouting<S> {
-    pub(crate) fn new(shared: Arc<Shared>, inner: S, stack: Retry<NextModel, Backoff<S>>) -> Self {
-        TierRouting {
-            shared,
-            inner,
-            stack,
-        }
+    pub(crate) fn new(shared: Arc<Shared>, inner: S) -> Self {
+        TierRouting { shared, inner }
     }
 
     /// The inner service.
@@ -65,7 +58,7 @@ impl<S> TierRouting<S> {
         &self.inner
     }
 
-    /// The inner service, mutably (the copy used for requests that pass through).
+    /// The inner service, mutably.
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
@@ -89,27 +82,22 @@ where
 {
     type Response = Routed<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<Routed<ResBody>, S::Error>;
+    type Future = ResponseFuture<S, B, ResBody>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Readiness is driven inside each request's future (`oneshot`), after
-        // the routing work: the layer itself is always ready.
+        // Readiness is driven inside each request's future, after the
+        // routing work: the layer itself is always ready.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let mode = self.shared.mode(req.method(), req.uri(), req.headers());
+        let inner = self.inner.clone();
         if mode == Mode::PassThrough {
-            let inner = self.inner.clone();
-            return ResponseFuture::new(async move {
-                let response = inner.oneshot(req.map(RoutedBody::streaming)).await?;
-                Ok(response.map(Either::Left))
-            });
+            return ResponseFuture::pass_through(inner.oneshot(req.map(RoutedBody::streaming)));
         }
         let shared = self.shared.clone();
-        let stack = self.stack.clone();
-        let grpc = mode == Mode::Grpc;
-        ResponseFuture::new(async move { Ok::<_, S::Error>(route(shared, stack, req, grpc).await) })
+        ResponseFuture::routed(Box::pin(route(shared, inner, req, mode == Mode::Grpc)))
     }
 }
 
@@ -154,15 +142,14 @@ fn count_request<R>(
 
 async fn route<S, B, ResBody>(
     shared: Arc<Shared>,
-    stack: Retry<NextModel, Backoff<S>>,
+    inner: S,
     req: Request<B>,
     grpc: bool,
 ) -> Routed<ResBody>
 where
-    S: Service<Request<RoutedBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
+    S: Service<Request<RoutedBody<B>>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
@@ -178,12 +165,13 @@ where
     };
 
     // The body: buffered and rewritten, or (gRPC) passed through.
-    let (requested, template, stream, body) = if grpc {
+    let (requested, template, stream, usage_added, body) = if grpc {
         (
             header_tier.unwrap_or_default(),
             None,
             false,
-            RoutedBody::streaming(body),
+            false,
+            Some(RoutedBody::streaming(body)),
         )
     } else {
         if let Err(e) = request::json_content_type(&parts.headers) {
@@ -242,15 +230,7 @@ where
         // Only chat completions have `stream_options.include_usage`.
         let stream_usage = shared.stream_usage && parts.uri.path().ends_with("/chat/completions");
         let (template, usage_added) = parsed.template_with(stream_usage);
-        if usage_added {
-            parts.extensions.insert(StreamUsageAdded);
-        }
-        (
-            requested,
-            Some(template),
-            stream,
-            RoutedBody::buffered(Bytes::new()),
-        )
+        (requested, Some(template), stream, usage_added, None)
     };
 
     // The config.
@@ -295,46 +275,34 @@ where
         })
         .increment(1);
 
-    let body = match template {
-        Some(template) => {
-            let bytes = template.render(&decision.model);
-            // The body is now these bytes: its length is the only framing
-            // that may travel on with it.
-            parts.headers.remove(header::TRANSFER_ENCODING);
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            parts.extensions.insert(RouteContext {
-                config: config.clone(),
-                template,
-                selector: shared.selector.clone(),
-            });
-            RoutedBody::buffered(bytes)
-        }
-        None => body,
+    // The body is rendered for each attempt's model: its length is the
+    // only framing that may travel on with it.
+    if template.is_some() {
+        parts.headers.remove(header::TRANSFER_ENCODING);
+    }
+    let context = template.map(|template| RouteContext {
+        config: config.clone(),
+        template,
+        selector: shared.selector.clone(),
+    });
+    let first = Attempt {
+        decision,
+        ticket,
+        usage_added,
     };
-    parts.extensions.insert(decision.clone());
-    parts.extensions.insert(TicketSlot::new(ticket));
-    let req = Request::from_parts(parts, body);
+    let (mut response, last) =
+        match attempts::run(&shared, inner, parts, body, context, first).await {
+            Ok(answered) => answered,
+            // A request that could not be retried (gRPC) failed before a response.
+            Err((e, last)) => {
+                let code = crate::classify::error_code(e.kind(), false);
+                let err = SentinelError::new(code, e.to_string());
+                let mut r = reject(err, grpc, Some(last.tier));
+                stamp(&mut r, &last);
+                return r;
+            }
+        };
 
-    let mut response = match stack.oneshot(req).await {
-        Ok(r) => r,
-        // A request that could not be retried (gRPC) failed before a response.
-        Err(e) => {
-            let code = crate::classify::error_code(e.kind(), false);
-            let err = SentinelError::new(code, e.to_string());
-            let mut r = reject(err, grpc, Some(decision.tier));
-            stamp(&mut r, &decision);
-            return r;
-        }
-    };
-
-    // The decision of the attempt that answered travels on in the
-    // response's extensions; taken out and put back, never copied.
-    let last = response
-        .extensions_mut()
-        .remove::<RoutingDecision>()
-        .unwrap_or(decision);
     stamp(&mut response, &last);
     let status = m::status_class(response.status());
     let key = (last.tier, last.provider.clone(), last.model.clone(), status);
@@ -360,6 +328,7 @@ where
             session_fallback();
         }
     }
+    // The decision of the attempt that answered goes with the response.
     response.extensions_mut().insert(last);
     response
 }
