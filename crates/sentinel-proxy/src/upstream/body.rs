@@ -1,24 +1,29 @@
 //! What comes back from the provider: a small `400` read whole (for a
-//! context-length code), and the body streamed to the client with an idle
-//! timeout, usage read on the way, whole SSE events, the attempt's report,
-//! and a continuation when a chat stream breaks.
+//! context-length code), and the body streamed to the client with usage
+//! read on the way, whole SSE events, the attempt's report, and a
+//! continuation when a chat stream breaks.
+//!
+//! The streamed body is two wrappers around hyper's `Incoming`:
+//! `UpstreamBody<TimeoutBody<Incoming>>`. The inner one, `TimeoutBody`
+//! (`timeout.rs`), only keeps time: it fails with a `TimeoutError` when the
+//! provider sends nothing for the idle timeout. [`UpstreamBody`] decides what
+//! any end means, a stall included, in one place: the attempt's report, the
+//! usage counted or not, the SSE error event or a continuation.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use sentinel_layer::{AttemptReport, ErrorCode, SentinelError};
+use sentinel_layer::{AttemptReport, BoxError, ErrorCode, SentinelError};
 use serde::Deserialize;
-use tokio::time::{Instant, Sleep};
 
 use super::continuation::{Resume, Resuming};
+use super::timeout::TimeoutError;
 use super::usage::Usage;
 use crate::metrics as m;
 use crate::sse;
@@ -107,16 +112,15 @@ pub(super) fn is_context_length_exceeded(body: &[u8]) -> bool {
 }
 
 pin_project_lite::pin_project! {
-    /// The upstream body: streamed through with an idle timeout, `usage`
-    /// read on the way, and an SSE error event when a stream breaks.
-    pub(super) struct UpstreamBody {
+    /// The upstream body: streamed through with `usage` read on the way,
+    /// and an SSE error event when a stream breaks or stalls.
+    ///
+    /// `B` is the provider's body: `Incoming` up to the first token, then
+    /// `TimeoutBody<Incoming>` (see [`UpstreamBody::map_inner`]), whose
+    /// `TimeoutError` is a stall.
+    pub(super) struct UpstreamBody<B> {
         #[pin]
-        pub(super) inner: Incoming,
-        // Fires at the latest `idle_timeout` after `last_data`; it is not
-        // reset on every frame, only moved on when it fires early.
-        pub(super) idle: Pin<Box<Sleep>>,
-        pub(super) idle_timeout: Duration,
-        pub(super) last_data: Instant,
+        pub(super) inner: B,
         pub(super) done: bool,
         pub(super) usage: Option<Usage>,
         // SSE: passes whole events only (and leaves out the usage-only
@@ -165,7 +169,44 @@ impl Drop for Reported {
     }
 }
 
-impl UpstreamBody {
+impl<B> UpstreamBody<B> {
+    /// The same body around `f(inner)`: how the idle timer is put around
+    /// the provider's body once the head goes to the client.
+    pub(super) fn map_inner<C>(self, f: impl FnOnce(B) -> C) -> UpstreamBody<C> {
+        let UpstreamBody {
+            inner,
+            done,
+            usage,
+            framer,
+            ready,
+            report,
+            in_band_error,
+            resume,
+            resuming,
+        } = self;
+        UpstreamBody {
+            inner: f(inner),
+            done,
+            usage,
+            framer,
+            ready,
+            report,
+            in_band_error,
+            resume,
+            resuming,
+        }
+    }
+
+    /// Gives up on the body before the client saw it: no usage is recorded.
+    pub(super) fn abandon(&mut self) {
+        self.done = true;
+        if let Some(mut usage) = self.usage.take() {
+            usage.abandon();
+        }
+    }
+}
+
+impl<B: http_body::Body<Data = Bytes>> UpstreamBody<B> {
     /// Reads an SSE stream up to its first token (see
     /// [`sse::first_token`]), keeping what it read for the client.
     /// `Err` when the stream ends, breaks or sends an error event first.
@@ -223,19 +264,15 @@ impl UpstreamBody {
             }
         }
     }
-
-    /// Gives up on the body before the client saw it: no usage is recorded.
-    pub(super) fn abandon(&mut self) {
-        self.done = true;
-        if let Some(mut usage) = self.usage.take() {
-            usage.abandon();
-        }
-    }
 }
 
-impl http_body::Body for UpstreamBody {
+impl<B> http_body::Body for UpstreamBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -260,7 +297,6 @@ impl http_body::Body for UpstreamBody {
         let failure: &'static str = 'read: loop {
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    *this.last_data = Instant::now();
                     let data = match frame.into_data() {
                         Ok(data) => data,
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
@@ -313,21 +349,14 @@ impl http_body::Body for UpstreamBody {
                     }
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Some(Err(_))) => break "broken",
-                Poll::Pending => loop {
-                    match this.idle.as_mut().poll(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(()) => {
-                            // Armed before the last frame came: move it on
-                            // to `idle_timeout` after that frame.
-                            let deadline = *this.last_data + *this.idle_timeout;
-                            if Instant::now() >= deadline {
-                                break 'read "idle_timeout";
-                            }
-                            this.idle.as_mut().reset(deadline);
-                        }
+                Poll::Ready(Some(Err(e))) => {
+                    if e.into().is::<TimeoutError>() {
+                        // The provider sent nothing for the idle timeout.
+                        break "idle_timeout";
                     }
-                },
+                    break "broken";
+                }
+                Poll::Pending => return Poll::Pending,
             }
         };
         *this.done = true;

@@ -21,7 +21,8 @@
 //! | --- | --- |
 //! | `mod.rs` | the forward path: the provider's URL and key, the headers that go, the attempt's clocks |
 //! | `client.rs` | the HTTP client and its TLS |
-//! | `body.rs` | what comes back: a small `400` read whole, the streamed body (idle timer, whole SSE events, the attempt's report) |
+//! | `body.rs` | what comes back: a small `400` read whole, the streamed body (whole SSE events, usage, the attempt's report, what a break or a stall means) |
+//! | `timeout.rs` | the idle timer around the provider's body, shaped like tower-http's `TimeoutBody` |
 //! | `usage.rs` | token usage: asked for on streams, read on the way, counted per model |
 //! | `continuation.rs` | a broken chat stream continued on the next model |
 
@@ -51,6 +52,7 @@ use crate::sse;
 mod body;
 mod client;
 mod continuation;
+mod timeout;
 mod usage;
 
 pub use client::{UpstreamClient, upstream_client};
@@ -60,6 +62,7 @@ use body::{
     is_context_length_exceeded, read_prefix,
 };
 use continuation::Resume;
+use timeout::TimeoutBody;
 use usage::{Usage, UsageCounterCache, usage_of};
 
 struct Target {
@@ -453,9 +456,6 @@ impl Upstream {
         });
         let mut body = UpstreamBody {
             inner: body,
-            idle: Box::pin(tokio::time::sleep(self.0.timeouts.stream_idle)),
-            idle_timeout: self.0.timeouts.stream_idle,
-            last_data: Instant::now(),
             done: false,
             usage,
             // Only an answer is framed: a 4xx event stream passes as it is.
@@ -492,9 +492,11 @@ impl Upstream {
                     ));
                 }
             }
-            // The stream's idle clock starts at its first token.
-            body.last_data = Instant::now();
         }
+        // The idle clock starts here: at a stream's first token, at the head
+        // otherwise.
+        let idle = self.0.timeouts.stream_idle;
+        let body = body.map_inner(|inner| TimeoutBody::new(inner, idle));
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 
