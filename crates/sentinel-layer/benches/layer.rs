@@ -2,7 +2,7 @@
 //! an empty 200 at once: no network, no axum), against the same inner
 //! service called without the layer. The difference is what the layer adds
 //! per request: tier and body rewrite, model choice (in-memory breakers),
-//! retry and backoff stages, response headers; with a session, the
+//! the attempt with its breaker record, response headers; with a session, the
 //! in-memory session store too. A chat body of about 1 KiB.
 //!
 //! Run with: `cargo bench -p sentinel-layer --bench layer`

@@ -1,6 +1,6 @@
 //! Continuing a stream that broke after its head on the next model.
 //!
-//! The retry stage decides on the response head: once a stream's head has
+//! A retry is decided on the response head: once a stream's head has
 //! gone to the client, a failure can no longer be retried as a whole. What
 //! can still be done is to ask another model of the tier to *continue* the
 //! answer: the inner service that saw the stream break takes the request's

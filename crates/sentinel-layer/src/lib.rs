@@ -11,8 +11,8 @@
 //! | module | what |
 //! | --- | --- |
 //! | [`tier_routing`] | the layer, its builder and the routing service |
-//! | [`retry`] | the retry policy: the next model of the tier, once |
-//! | [`breaker`] | the circuit-breaking backoff stage |
+//! | [`retry`] | the retry rule: the next model of the tier, once |
+//! | [`breaker`] | the circuit breakers of models and providers, and how an attempt reports its outcome |
 //! | [`classify`] | what an answer says of its model: one rule per question |
 //! | [`continuation`] | continuing a stream that broke after its head |
 //! | [`session`] | session stores: memory (bounded) and Redis |

@@ -36,7 +36,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -458,33 +458,74 @@ struct Tracked<A> {
 }
 
 /// Ends a request's time in flight when dropped.
-struct InFlight(Arc<Activity>);
+struct InFlight(Option<Arc<Activity>>);
+
+impl InFlight {
+    /// The head goes to the connection now; its body waits to be taken.
+    fn on_body_ready(&self) {
+        if let Some(activity) = &self.0 {
+            activity.on_body_ready();
+        }
+    }
+
+    /// The connection takes from the body.
+    fn on_body_polled(&self) {
+        if let Some(activity) = &self.0 {
+            activity.on_body_polled();
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.on_response_end();
+        if let Some(activity) = self.0.take() {
+            activity.on_response_end();
+        }
     }
 }
 
 impl<A: App> tower::Service<Request<Incoming>> for Tracked<A> {
     type Response = Response<ConnBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = TrackedFuture<A::Future>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         self.activity.on_request(request.version());
-        let guard = InFlight(self.activity.clone());
-        let call = tower::ServiceExt::oneshot(self.inner.clone(), request.map(Body::new));
-        Box::pin(async move {
-            let response = call.await?;
-            // The head goes to the connection now; its body waits to be taken.
-            guard.0.on_body_ready();
-            Ok(response.map(|body| ConnBody { inner: body, guard }))
-        })
+        let guard = InFlight(Some(self.activity.clone()));
+        TrackedFuture {
+            call: self.inner.call(request.map(Body::new)),
+            guard,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Tracked`]: the app's call, then the response body
+    /// tied to the request's time in flight.
+    struct TrackedFuture<F> {
+        #[pin]
+        call: F,
+        guard: InFlight,
+    }
+}
+
+impl<F> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<ConnBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.call.poll(cx))?;
+        // The guard moves to the body (an inert one stays behind).
+        let guard = std::mem::replace(this.guard, InFlight(None));
+        guard.on_body_ready();
+        Poll::Ready(Ok(response.map(|body| ConnBody { inner: body, guard })))
     }
 }
 
@@ -508,11 +549,10 @@ impl http_body::Body for ConnBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = self.project();
-        let activity = &this.guard.0;
-        activity.on_body_polled();
+        this.guard.on_body_polled();
         let polled = this.inner.poll_frame(cx);
         if matches!(polled, Poll::Ready(Some(Ok(_)))) {
-            activity.on_body_ready();
+            this.guard.on_body_ready();
         }
         polled
     }

@@ -16,7 +16,7 @@ use sentinel_core::{Tier, TierConfigSource};
 use sentinel_layer::{ErrorCode, RoutingDecision, SentinelError, TierRouting, UpstreamError};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
-use tower::{Layer, ServiceExt};
+use tower::Layer;
 
 use crate::metrics as m;
 use crate::serve::Guarded;
@@ -33,15 +33,18 @@ pub(crate) struct AppState {
 }
 
 /// The proxy's service, outer to inner: CORS (when origins are set),
-/// [`Front`] (request ids, the access log, inbound auth, admission), the
-/// router, which sends `POST`s to the routed paths to the routed service.
+/// [`Front`] (request ids, the access log, inbound auth), [`Dispatch`],
+/// which sends `POST`s to the routed paths straight to the routed service
+/// ([`Answered`]: admission, then the tier routing) and everything else to
+/// the router. No stage boxes a routed request's future but the routing
+/// itself.
 pub(crate) fn app(
     state: AppState,
     routed: TierRouting<Upstream>,
     keys: &[Secret],
     max_in_flight: usize,
     cors_origins: &[String],
-) -> tower::util::Either<tower_http::cors::Cors<Front<Router>>, Front<Router>> {
+) -> tower::util::Either<tower_http::cors::Cors<Front<Dispatch>>, Front<Dispatch>> {
     let routed = Answered {
         routed,
         admission: Arc::new(Semaphore::new(
@@ -55,7 +58,7 @@ pub(crate) fn app(
         )
         .route(
             "/v1/responses",
-            post_service(routed).fallback(method_not_allowed),
+            post_service(routed.clone()).fallback(method_not_allowed),
         )
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
@@ -65,7 +68,7 @@ pub(crate) fn app(
         .fallback(not_found)
         .with_state(state);
     let front = Front {
-        inner: router,
+        inner: Dispatch { routed, router },
         inbound_keys: Arc::new(keys.iter().map(|k| KeyDigest::of(k.expose())).collect()),
     };
     match cors(cors_origins) {
@@ -99,9 +102,69 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
-/// The future of the proxy's own services.
-type BoxResponse =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+/// The paths whose `POST`s are routed (the layer's defaults).
+const ROUTED_PATHS: [&str; 2] = ["/v1/chat/completions", "/v1/responses"];
+
+/// Sends a routed request (`POST` to [`ROUTED_PATHS`]) to the routed
+/// service without the router's matching and boxing, and anything else to
+/// the router, which also answers other methods on those paths.
+#[derive(Clone)]
+pub(crate) struct Dispatch {
+    routed: Answered,
+    router: Router,
+}
+
+impl tower::Service<Request> for Dispatch {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = DispatchFuture;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        // Both are always ready: the routed service drives readiness inside
+        // each request, and axum's router is always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let routed =
+            request.method() == http::Method::POST && ROUTED_PATHS.contains(&request.uri().path());
+        if routed {
+            DispatchFuture::Routed {
+                call: self.routed.call(request),
+            }
+        } else {
+            DispatchFuture::Other {
+                call: tower::Service::call(&mut self.router, request),
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Dispatch`].
+    #[project = DispatchProj]
+    pub(crate) enum DispatchFuture {
+        Routed { #[pin] call: AnsweredFuture },
+        Other { #[pin] call: axum::routing::future::RouteFuture<Infallible> },
+    }
+}
+
+impl std::future::Future for DispatchFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            DispatchProj::Routed { call } => call.poll(cx),
+            DispatchProj::Other { call } => call.poll(cx),
+        }
+    }
+}
 
 /// The routed service with its errors answered as responses, behind the
 /// in-flight cap. Routed requests never fail as service errors (the layer
@@ -123,7 +186,7 @@ struct Answered {
 impl tower::Service<Request> for Answered {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxResponse;
+    type Future = AnsweredFuture;
 
     fn poll_ready(
         &mut self,
@@ -134,15 +197,50 @@ impl tower::Service<Request> for Answered {
 
     fn call(&mut self, request: Request) -> Self::Future {
         let Ok(permit) = self.admission.clone().try_acquire_owned() else {
-            return Box::pin(std::future::ready(Ok(overloaded())));
+            return AnsweredFuture::Shed {
+                response: Some(overloaded()),
+            };
         };
-        let routed = self.routed.clone();
-        Box::pin(async move {
-            Ok(match routed.oneshot(request).await {
-                Ok(response) => response.map(|body| Body::new(Guarded::new(body, permit))),
+        // `TierRouting` is always ready: its readiness is driven inside
+        // each request's future.
+        AnsweredFuture::Routing {
+            call: self.routed.call(request),
+            permit: Some(permit),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Answered`].
+    #[project = AnsweredProj]
+    pub(crate) enum AnsweredFuture {
+        Shed { response: Option<Response> },
+        Routing {
+            #[pin]
+            call: sentinel_layer::ResponseFuture<Upstream, Body, Body>,
+            permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        },
+    }
+}
+
+impl std::future::Future for AnsweredFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let response = match self.project() {
+            AnsweredProj::Shed { response } => response.take().unwrap_or_else(overloaded),
+            AnsweredProj::Routing { call, permit } => match std::task::ready!(call.poll(cx)) {
+                Ok(response) => match permit.take() {
+                    Some(permit) => response.map(|body| Body::new(Guarded::new(body, permit))),
+                    None => response.map(Body::new),
+                },
                 Err(e) => upstream_failed(&e),
-            })
-        })
+            },
+        };
+        std::task::Poll::Ready(Ok(response))
     }
 }
 
@@ -341,19 +439,17 @@ pub(crate) struct Front<S> {
 
 impl<S> tower::Service<Request> for Front<S>
 where
-    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxResponse;
+    type Future = FrontFuture<S::Future>;
 
     fn poll_ready(
         &mut self,
-        _cx: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Infallible>> {
-        // Readiness is the inner service's, driven per request by `oneshot`.
-        std::task::Poll::Ready(Ok(()))
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
@@ -368,16 +464,62 @@ where
         };
         let method = request.method().clone();
         let uri = request.uri().clone();
-        let inner = authorized(&self.inbound_keys, &request).then(|| self.inner.clone());
-        Box::pin(async move {
-            let mut response = match inner {
-                Some(inner) => inner.oneshot(request).await?,
-                None => unauthorized(),
-            };
-            response.headers_mut().insert(REQUEST_ID_NAME, id.clone());
-            log_request(&id, &method, &uri, started, &response);
-            Ok(response)
-        })
+        let inner = authorized(&self.inbound_keys, &request).then(|| self.inner.call(request));
+        FrontFuture {
+            inner,
+            line: Some(AccessLine {
+                id,
+                method,
+                uri,
+                started,
+            }),
+        }
+    }
+}
+
+/// What the access log line of a request needs from its head.
+struct AccessLine {
+    id: HeaderValue,
+    method: http::Method,
+    uri: http::Uri,
+    started: Instant,
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Front`]: the inner call (`None`: unauthorized), then
+    /// the request id on the response and the access log line.
+    pub(crate) struct FrontFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        line: Option<AccessLine>,
+    }
+}
+
+impl<F> std::future::Future for FrontFuture<F>
+where
+    F: std::future::Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let mut response = match this.inner.as_pin_mut() {
+            Some(inner) => match std::task::ready!(inner.poll(cx)) {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            None => unauthorized(),
+        };
+        if let Some(line) = this.line.take() {
+            response
+                .headers_mut()
+                .insert(REQUEST_ID_NAME, line.id.clone());
+            log_request(&line.id, &line.method, &line.uri, line.started, &response);
+        }
+        std::task::Poll::Ready(Ok(response))
     }
 }
 

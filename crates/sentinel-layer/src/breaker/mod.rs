@@ -1,4 +1,4 @@
-//! The circuit-breaking backoff stage.
+//! The circuit breakers: a model that keeps failing is backed off.
 //!
 //! Every model and every provider has a breaker. A model is chosen and
 //! admitted in one step (its breaker hands out a ticket; a half-open

@@ -6,7 +6,7 @@
 //! and `OpenAI-Project` never go upstream), asks for an identity encoding so
 //! `usage` can be read, and streams the response back unbuffered. Failures
 //! before the response head are [`UpstreamError`]s (connect or timeout) for
-//! the retry and backoff stages.
+//! the layer's retry and breakers.
 //!
 //! Costs of streams: a streaming chat completion that does not ask for
 //! `stream_options.include_usage` gets it added, so the final usage chunk
