@@ -77,7 +77,8 @@ pub use headers::{MODEL as MODEL_HEADER, TIER as TIER_HEADER};
 pub use retry::ContextLengthExceeded;
 pub use session::{MemorySessionStore, RedisSessionStore, SessionStore};
 pub use tier_routing::{
-    InvalidConfig, ResponseFuture, TierRouting, TierRoutingLayer, TierRoutingLayerBuilder,
+    DEFAULT_ROUTED_PATHS, InvalidConfig, ResponseFuture, TierRouting, TierRoutingLayer,
+    TierRoutingLayerBuilder,
 };
 pub use upstream::{BoxError, UpstreamError, UpstreamErrorKind};
 

@@ -4,19 +4,22 @@
 //! [`classify`](crate::classify) rule) the layer chooses another model of
 //! the same tier that has not been tried (the same weighted rule, open
 //! breakers excluded), renders the buffered body for it and tries once
-//! more. Other 4xx pass through. The decision is made on the response head, so a stream that
-//! has started is never retried; a request whose body was not buffered
-//! (gRPC) is never retried. When the last attempt fails, the policy answers
-//! in Sentinel's envelope: 429 `rate_limited` with the provider's
+//! more. Other 4xx pass through. The decision is made on the response
+//! head, so a stream that has started is never retried; a request whose
+//! body was not buffered (gRPC) is never retried. When the last attempt
+//! fails, the layer answers in Sentinel's envelope: 429 `rate_limited` with the provider's
 //! `Retry-After` after a 429, 504 `upstream_timeout` after a timeout, else
 //! 502 `upstream_failed`.
 //!
 //! The rule is part of [`TierRoutingLayer`](crate::TierRoutingLayer)'s one
-//! routing future; there is nothing to configure. The retry's request is
-//! built only when a retry happens: the layer keeps the request head it
-//! needs (method, URI, headers, the caller's extensions) only when the tier
-//! has another model, and renders the body from the template it already
-//! holds. What the inner service sees on a
+//! routing future; there is nothing to configure. What a retry needs is
+//! kept only when the tier has another model to retry on: a copy of the
+//! request head (method, URI, headers, the extensions the caller set; the
+//! header values are shared, not copied). The retry's body is rendered
+//! from the body template only when the retry happens, and the layer's
+//! own extensions are made again for it. An inner service that fails to
+//! get ready is not retried: it was not called, and tower's contract is
+//! that such a service is discarded. What the inner service sees on a
 //! retry is a second call whose [`RoutingDecision`] has `attempt == 2` and
 //! `reason == SelectionReason::Retry`.
 //!

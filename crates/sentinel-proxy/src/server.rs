@@ -9,7 +9,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post_service};
+use axum::routing::{MethodRouter, get};
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sentinel_core::{Tier, TierConfigSource};
@@ -51,15 +51,13 @@ pub(crate) fn app(
             max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
         )),
     };
-    let router = Router::new()
-        .route(
-            "/v1/chat/completions",
-            post_service(routed.clone()).fallback(method_not_allowed),
-        )
-        .route(
-            "/v1/responses",
-            post_service(routed.clone()).fallback(method_not_allowed),
-        )
+    // The routed paths' `POST`s never reach the router (see `Dispatch`):
+    // it answers their other methods.
+    let mut router = Router::new();
+    for path in ROUTED_PATHS {
+        router = router.route(path, MethodRouter::new().fallback(method_not_allowed));
+    }
+    let router = router
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/metrics", get(metrics))
@@ -102,8 +100,9 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
-/// The paths whose `POST`s are routed (the layer's defaults).
-const ROUTED_PATHS: [&str; 2] = ["/v1/chat/completions", "/v1/responses"];
+/// The paths whose `POST`s are routed: the layer's defaults, which the
+/// proxy does not change.
+use sentinel_layer::DEFAULT_ROUTED_PATHS as ROUTED_PATHS;
 
 /// Sends a routed request (`POST` to [`ROUTED_PATHS`]) to the routed
 /// service without the router's matching and boxing, and anything else to
@@ -231,7 +230,11 @@ impl std::future::Future for AnsweredFuture {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let response = match self.project() {
-            AnsweredProj::Shed { response } => response.take().unwrap_or_else(overloaded),
+            // Polled again after it finished: fused, as `futures`' `Fuse` is.
+            AnsweredProj::Shed { response } => match response.take() {
+                Some(response) => response,
+                None => return std::task::Poll::Pending,
+            },
             AnsweredProj::Routing { call, permit } => match std::task::ready!(call.poll(cx)) {
                 Ok(response) => match permit.take() {
                     Some(permit) => response.map(|body| Body::new(Guarded::new(body, permit))),
@@ -506,6 +509,10 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let this = self.project();
+        if this.line.is_none() {
+            // Polled again after it finished: fused, as `futures`' `Fuse` is.
+            return std::task::Poll::Pending;
+        }
         let mut response = match this.inner.as_pin_mut() {
             Some(inner) => match std::task::ready!(inner.poll(cx)) {
                 Ok(response) => response,

@@ -9,6 +9,10 @@
 //! backoff service did as two stages; done here in one future, a request
 //! is not copied per stage, and the head a retry needs is kept only when
 //! the tier has another model to retry on.
+//!
+//! An inner service that fails to get ready was not called: that attempt
+//! is not recorded and not retried (tower's contract is that such a
+//! service is discarded), and the request is answered from the error.
 
 use std::future::poll_fn;
 
@@ -70,8 +74,9 @@ impl RetryHead {
 }
 
 /// The answer of a request's attempts, with the decision of the attempt
-/// that gave it; or, for a request that cannot be retried (gRPC), the
-/// error its attempt failed with.
+/// that gave it; or the error its last attempt failed with, when that is
+/// not answered in Sentinel's envelope here (a gRPC call, an inner service
+/// that failed to get ready).
 pub(super) type Answered<ResBody> =
     Result<(Response<ResponseBody<ResBody>>, RoutingDecision), (UpstreamError, RoutingDecision)>;
 
@@ -127,7 +132,10 @@ where
             parts.extensions.insert(StreamUsageAdded);
         }
         let request = Request::from_parts(parts, attempt_body);
-        let result = call(&mut inner, request, record).await;
+        let result = match call(&mut inner, request, record).await {
+            Called::Answered(result) => result,
+            Called::NotReady(e) => return Err((e, decision)),
+        };
 
         let Some(context) = &context else {
             return match result {
@@ -152,16 +160,23 @@ where
             parts = head.into_parts();
             continue;
         }
-        let response = match failure.final_answer(&decision) {
-            Some(error) => error.into_response().map(Either::Right),
-            // No larger model: the provider's own answer stands.
+        return match failure.final_answer(&decision) {
+            Some(error) => Ok((error.into_response().map(Either::Right), decision)),
+            // No larger model: the provider's own answer (a `400`) stands.
             None => match result {
-                Ok(response) => response.map(Either::Left),
-                Err(e) => return Err((e, decision)),
+                Ok(response) => Ok((response.map(Either::Left), decision)),
+                Err(e) => Err((e, decision)),
             },
         };
-        return Ok((response, decision));
     }
+}
+
+/// How an attempt went.
+enum Called<ResBody> {
+    /// The inner service was called: its answer, or its failure.
+    Answered(Result<Response<ResBody>, UpstreamError>),
+    /// The inner service failed to get ready, and was not called.
+    NotReady(UpstreamError),
 }
 
 /// One attempt: the inner service called once it is ready, and the outcome
@@ -171,13 +186,13 @@ async fn call<S, B, ResBody>(
     inner: &mut S,
     request: Request<RoutedBody<B>>,
     record: Record,
-) -> Result<Response<ResBody>, UpstreamError>
+) -> Called<ResBody>
 where
     S: Service<Request<RoutedBody<B>>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
 {
     if let Err(e) = poll_fn(|cx| inner.poll_ready(cx)).await {
-        return Err(UpstreamError::classify(e.into()));
+        return Called::NotReady(UpstreamError::classify(e.into()));
     }
     let result = inner
         .call(request)
@@ -187,5 +202,5 @@ where
         Ok(response) => record.finish(Outcome::of_head(response.status(), response.headers())),
         Err(e) => record.finish(Outcome::of_error(e)),
     }
-    result
+    Called::Answered(result)
 }

@@ -74,5 +74,6 @@ pub use layer::{TierRoutingLayer, TierRoutingLayerBuilder};
 pub use service::TierRouting;
 
 pub use crate::error::InvalidConfig;
+pub use routes::DEFAULT_ROUTED_PATHS;
 pub(crate) use routes::{Mode, Routes};
 pub(crate) use shared::{Sessions, Shared};

@@ -15,10 +15,14 @@ pub(crate) struct Routes {
     pub(crate) grpc: Vec<String>,
 }
 
+/// The paths whose `POST`s the layer routes unless told otherwise
+/// ([`routed_paths`](crate::TierRoutingLayerBuilder::routed_paths)).
+pub const DEFAULT_ROUTED_PATHS: [&str; 2] = ["/v1/chat/completions", "/v1/responses"];
+
 impl Default for Routes {
     fn default() -> Self {
         Routes {
-            paths: vec!["/v1/chat/completions".into(), "/v1/responses".into()],
+            paths: DEFAULT_ROUTED_PATHS.map(String::from).to_vec(),
             predicate: None,
             grpc: Vec::new(),
         }

@@ -293,7 +293,8 @@ where
     let (mut response, last) =
         match attempts::run(&shared, inner, parts, body, context, first).await {
             Ok(answered) => answered,
-            // A request that could not be retried (gRPC) failed before a response.
+            // A gRPC call, or an inner service that failed to get ready, failed
+            // before a response.
             Err((e, last)) => {
                 let code = crate::classify::error_code(e.kind(), false);
                 let err = SentinelError::new(code, e.to_string());
