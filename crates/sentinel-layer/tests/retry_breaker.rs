@@ -111,6 +111,16 @@ impl Harness {
     }
 }
 
+/// `simple`: three models of three providers, all of cost 1.
+fn three_models() -> StaticConfig {
+    StaticConfig::new(support::config_from(json!({ "tiers": {
+        "simple": { "models": [
+            { "provider": "openai", "model": "a", "relative_cost": 1 },
+            { "provider": "other", "model": "b", "relative_cost": 1 },
+            { "provider": "third", "model": "c", "relative_cost": 1 }
+        ] } } })))
+}
+
 fn status(code: u16) -> Response<Full<Bytes>> {
     Response::builder()
         .status(code)
@@ -165,6 +175,40 @@ async fn a_retryable_failure_is_retried_once_on_the_other_model() {
             headers["x-sentinel-model"], &*second.model,
             "names the model that answered"
         );
+        h.no_attempt().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tier_of_three_failing_models_gets_exactly_two_attempts() {
+    // The default threshold (3): no model opens after one failure, so a
+    // third model is there to be tried, and must not be.
+    let mut h = Harness::new(TierRoutingLayer::builder(three_models()).build().unwrap());
+    for round in 0..2 {
+        let task = h.send("simple");
+        let (first, _, respond) = h.attempt().await;
+        assert_eq!(first.attempt, 1);
+        if round == 0 {
+            respond.send_response(status(500));
+        } else {
+            respond.send_error(UpstreamError::connect("refused"));
+        }
+        let (second, _, respond) = h.attempt().await;
+        assert_eq!((second.attempt, second.reason), (2, SelectionReason::Retry));
+        assert_ne!(second.model, first.model);
+        if round == 0 {
+            respond.send_response(status(503));
+        } else {
+            respond.send_error(UpstreamError::timeout("slow"));
+        }
+        let (code, headers, body) = finish(task).await;
+        let expected = if round == 0 {
+            (StatusCode::BAD_GATEWAY, "upstream_failed")
+        } else {
+            (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+        };
+        assert_eq!((code, body["error"]["code"].as_str().unwrap()), expected);
+        assert_eq!(headers["x-sentinel-model"], &*second.model);
         h.no_attempt().await;
     }
 }
@@ -352,6 +396,42 @@ async fn the_breaker_opens_backs_off_doubles_and_resets() {
         3
     );
     drop(h.layer);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_schedule_doubles_from_30s_to_a_300s_cap_and_a_success_starts_it_over() {
+    // Nothing configured: the defaults the proxy runs with too (3 failures
+    // in a row, 30 s doubling up to 300 s).
+    let mut h = Harness::new(TierRoutingLayer::builder(two_models()).build().unwrap());
+    for _ in 0..2 {
+        assert_eq!(h.answer("moderate", 500).await, StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(
+        h.answer("moderate", 500).await,
+        StatusCode::BAD_GATEWAY,
+        "two failures do not open it"
+    );
+
+    // Open: each wait ends with one probe, which fails and doubles it.
+    let mut waits = Vec::new();
+    for _ in 0..7 {
+        let wait = h.refused("moderate").await;
+        waits.push(wait);
+        tokio::time::advance(Duration::from_secs(wait - 1)).await;
+        assert_eq!(h.refused("moderate").await, 1, "open until the wait ends");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        if waits.len() < 7 {
+            assert_eq!(h.answer("moderate", 500).await, StatusCode::BAD_GATEWAY);
+        }
+    }
+    assert_eq!(waits, [30, 60, 120, 240, 300, 300, 300]);
+
+    // The probe succeeds: closed, and the next opening waits 30 s again.
+    assert_eq!(h.answer("moderate", 200).await, StatusCode::OK);
+    for _ in 0..3 {
+        assert_eq!(h.answer("moderate", 500).await, StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(h.refused("moderate").await, 30);
 }
 
 #[tokio::test(start_paused = true)]
