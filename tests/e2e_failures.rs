@@ -633,9 +633,8 @@ async fn a_reset_connection_or_an_unreachable_provider_is_502_upstream_failed() 
     assert_eq!(upstream.calls_for("gpt-4o"), 1);
 
     // Nothing listens at the provider's address: a connect error.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", closed.local_addr().unwrap());
-    drop(closed);
+    let closed = sentinel_testkit::ClosedPort::new().unwrap();
+    let url = format!("http://{}/v1", closed.addr());
     let proxy = Proxy::start(&Env::new(&upstream).set("OPENAI_BASE_URL", &url)).await;
     let started = Instant::now();
     let reply = proxy.chat(&chat_body(Some("complex"))).await;

@@ -9,11 +9,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use metrics_util::debugging::DebuggingRecorder;
+use proptest::prelude::*;
 use sentinel_core::StaticConfig;
 use sentinel_layer::{
-    ResponseBody, RoutedBody, RoutingDecision, SelectionReason, TierRoutingLayer, UpstreamError,
+    BoxError, ResponseBody, RoutedBody, RoutingDecision, SelectionReason, TierRoutingLayer,
+    UpstreamError,
 };
 use sentinel_testkit::metrics::Counters;
 use serde_json::{Value, json};
@@ -84,6 +88,37 @@ impl Harness {
             tokio::time::timeout(Duration::from_millis(10), self.handle.next_request()).await;
         assert!(next.is_err(), "unexpected attempt");
     }
+
+    /// One request of `tier` that reaches the inner service, which answers
+    /// `code`; returns the status the client got.
+    async fn answer(&mut self, tier: &str, code: u16) -> StatusCode {
+        let task = self.send(tier);
+        let (_, _, respond) = self.attempt().await;
+        respond.send_response(status(code));
+        finish(task).await.0
+    }
+
+    /// One request of `tier` that every model of the tier refuses: asserts
+    /// the 503 `all_models_backing_off` made without calling the inner
+    /// service, and returns its `Retry-After` (seconds).
+    async fn refused(&mut self, tier: &str) -> u64 {
+        let task = self.send(tier);
+        let (code, headers, body) = finish(task).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "all_models_backing_off");
+        self.no_attempt().await;
+        headers["retry-after"].to_str().unwrap().parse().unwrap()
+    }
+}
+
+/// `simple`: three models of three providers, all of cost 1.
+fn three_models() -> StaticConfig {
+    StaticConfig::new(support::config_from(json!({ "tiers": {
+        "simple": { "models": [
+            { "provider": "openai", "model": "a", "relative_cost": 1 },
+            { "provider": "other", "model": "b", "relative_cost": 1 },
+            { "provider": "third", "model": "c", "relative_cost": 1 }
+        ] } } })))
 }
 
 fn status(code: u16) -> Response<Full<Bytes>> {
@@ -93,8 +128,14 @@ fn status(code: u16) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
+/// The client's response. Fails (rather than hang: time is paused) when
+/// the request is still waiting after 5 s, such as for an attempt the test
+/// did not expect and so never answers.
 async fn finish(task: JoinHandle<Outer>) -> (StatusCode, http::HeaderMap, Value) {
-    let response = task.await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the request did not finish: an attempt nobody answers?")
+        .unwrap();
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.unwrap().to_bytes();
     (
@@ -134,6 +175,40 @@ async fn a_retryable_failure_is_retried_once_on_the_other_model() {
             headers["x-sentinel-model"], &*second.model,
             "names the model that answered"
         );
+        h.no_attempt().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tier_of_three_failing_models_gets_exactly_two_attempts() {
+    // The default threshold (3): no model opens after one failure, so a
+    // third model is there to be tried, and must not be.
+    let mut h = Harness::new(TierRoutingLayer::builder(three_models()).build().unwrap());
+    for round in 0..2 {
+        let task = h.send("simple");
+        let (first, _, respond) = h.attempt().await;
+        assert_eq!(first.attempt, 1);
+        if round == 0 {
+            respond.send_response(status(500));
+        } else {
+            respond.send_error(UpstreamError::connect("refused"));
+        }
+        let (second, _, respond) = h.attempt().await;
+        assert_eq!((second.attempt, second.reason), (2, SelectionReason::Retry));
+        assert_ne!(second.model, first.model);
+        if round == 0 {
+            respond.send_response(status(503));
+        } else {
+            respond.send_error(UpstreamError::timeout("slow"));
+        }
+        let (code, headers, body) = finish(task).await;
+        let expected = if round == 0 {
+            (StatusCode::BAD_GATEWAY, "upstream_failed")
+        } else {
+            (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+        };
+        assert_eq!((code, body["error"]["code"].as_str().unwrap()), expected);
+        assert_eq!(headers["x-sentinel-model"], &*second.model);
         h.no_attempt().await;
     }
 }
@@ -187,21 +262,60 @@ async fn a_tier_with_one_model_gets_no_second_attempt() {
     h.no_attempt().await;
 }
 
+/// A streamed response body the test feeds frame by frame (or fails).
+type Streamed = UnsyncBoxBody<Bytes, BoxError>;
+
 #[tokio::test(start_paused = true)]
 async fn a_started_stream_is_never_retried() {
-    let mut h = Harness::new(TierRoutingLayer::builder(two_models()).build().unwrap());
-    let task = h.send("simple");
-    let (_, _, respond) = h.attempt().await;
-    // The head says 200: whatever the body does later, it is this model's.
+    let (mock, mut handle) = mock::pair::<Inner, Response<Streamed>>();
+    let service = TierRoutingLayer::builder(two_models())
+        .build()
+        .unwrap()
+        .layer(mock);
+    let request = Request::post("/v1/chat/completions")
+        .body(Full::new(Bytes::from(
+            json!({ "tier": "simple", "stream": true, "messages": [] }).to_string(),
+        )))
+        .unwrap();
+    // The service stays alive (so the mock stays open) to the end.
+    let task = tokio::spawn(service.clone().oneshot(request));
+    let (attempt, respond) = handle.next_request().await.unwrap();
+    let first = attempt
+        .extensions()
+        .get::<RoutingDecision>()
+        .cloned()
+        .unwrap();
+
+    // The head says 200 and the first event goes out ...
+    let (frames, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
     respond.send_response(
         Response::builder()
             .header("content-type", "text/event-stream")
-            .body(Full::new(Bytes::from("data: {}\n\n")))
+            .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed_unsync())
             .unwrap(),
     );
-    let (code, _, _) = finish(task).await;
-    assert_eq!(code, StatusCode::OK);
-    h.no_attempt().await;
+    let response = task.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-sentinel-model"], &*first.model);
+    let mut body = response.into_body();
+    let event = Bytes::from_static(b"data: {\"choices\":[]}\n\n");
+    frames.send(Ok(Frame::data(event.clone()))).await.unwrap();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), event);
+
+    // ... then the stream breaks: the client sees the failure, and no other
+    // model is asked, whatever the body did.
+    frames
+        .send(Err(BoxError::from("upstream went away mid-stream")))
+        .await
+        .unwrap();
+    let broken = body.frame().await.unwrap();
+    assert!(broken.is_err(), "the break reaches the client: {broken:?}");
+    drop(frames);
+    tokio::task::yield_now().await;
+    let next = tokio::time::timeout(Duration::from_secs(1), handle.next_request()).await;
+    assert!(next.is_err(), "a started stream was retried");
+    drop(service);
 }
 
 #[tokio::test(start_paused = true)]
@@ -282,6 +396,42 @@ async fn the_breaker_opens_backs_off_doubles_and_resets() {
         3
     );
     drop(h.layer);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_schedule_doubles_from_30s_to_a_300s_cap_and_a_success_starts_it_over() {
+    // Nothing configured: the defaults the proxy runs with too (3 failures
+    // in a row, 30 s doubling up to 300 s).
+    let mut h = Harness::new(TierRoutingLayer::builder(two_models()).build().unwrap());
+    for _ in 0..2 {
+        assert_eq!(h.answer("moderate", 500).await, StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(
+        h.answer("moderate", 500).await,
+        StatusCode::BAD_GATEWAY,
+        "two failures do not open it"
+    );
+
+    // Open: each wait ends with one probe, which fails and doubles it.
+    let mut waits = Vec::new();
+    for _ in 0..7 {
+        let wait = h.refused("moderate").await;
+        waits.push(wait);
+        tokio::time::advance(Duration::from_secs(wait - 1)).await;
+        assert_eq!(h.refused("moderate").await, 1, "open until the wait ends");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        if waits.len() < 7 {
+            assert_eq!(h.answer("moderate", 500).await, StatusCode::BAD_GATEWAY);
+        }
+    }
+    assert_eq!(waits, [30, 60, 120, 240, 300, 300, 300]);
+
+    // The probe succeeds: closed, and the next opening waits 30 s again.
+    assert_eq!(h.answer("moderate", 200).await, StatusCode::OK);
+    for _ in 0..3 {
+        assert_eq!(h.answer("moderate", 500).await, StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(h.refused("moderate").await, 30);
 }
 
 #[tokio::test(start_paused = true)]
@@ -452,4 +602,60 @@ async fn an_open_model_is_probed_every_interval_and_closes_on_the_first_success(
     );
     respond.send_response(status(200));
     assert_eq!(finish(task).await.0, StatusCode::OK);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever the threshold and the run of outcomes, a success resets
+    /// both counts the breaker keeps: the failures in a row that open it
+    /// (at the threshold) and the openings that double its wait (30 s,
+    /// doubling, capped at 300 s). So after a success, `threshold` failures
+    /// are needed to open it again, and it opens for 30 s.
+    #[test]
+    fn a_success_resets_the_breakers_backoff(
+        threshold in 1u32..=3,
+        outcomes in proptest::collection::vec(any::<bool>(), 1..40),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let layer = TierRoutingLayer::builder(two_models())
+                .failure_threshold(threshold)
+                .build()
+                .unwrap();
+            let mut h = Harness::new(layer);
+            // What the breaker should hold: failures in a row while closed,
+            // and openings in a row (0: closed).
+            let (mut failures, mut openings) = (0u32, 0u32);
+            for ok in outcomes {
+                // Closed, or open with its wait over: the request reaches
+                // the model (`answer` fails if it does not).
+                if ok {
+                    assert_eq!(h.answer("moderate", 200).await, StatusCode::OK);
+                    (failures, openings) = (0, 0);
+                    continue;
+                }
+                assert_eq!(h.answer("moderate", 500).await, StatusCode::BAD_GATEWAY);
+                if openings > 0 {
+                    openings += 1;
+                } else {
+                    failures += 1;
+                    if failures == threshold {
+                        openings = 1;
+                    }
+                }
+                if openings > 0 {
+                    let expected = (30u64 << (openings - 1).min(4)).min(300);
+                    let wait = h.refused("moderate").await;
+                    assert_eq!(wait, expected, "opening {openings} in a row");
+                    // The next request is the probe.
+                    tokio::time::advance(Duration::from_secs(wait)).await;
+                }
+            }
+        });
+    }
 }

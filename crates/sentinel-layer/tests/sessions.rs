@@ -6,11 +6,13 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::post;
 use http::StatusCode;
 use metrics_util::debugging::DebuggingRecorder;
@@ -68,40 +70,72 @@ async fn a_session_keeps_its_model_and_only_goes_up() {
 
 #[tokio::test]
 async fn after_a_failover_the_session_follows_the_model_that_served_it() {
-    // The handler fails `cheap` with 503; `pricey` answers.
-    async fn flaky(request: Request) -> Response {
-        let d = request
-            .extensions()
-            .get::<RoutingDecision>()
-            .cloned()
-            .unwrap();
-        if &*d.model == "cheap" {
-            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    // The handler fails `cheap` with 503 while `cheap_down` is set, and
+    // records the models it is asked for; `pricey` always answers.
+    let cheap_down = Arc::new(AtomicBool::new(false));
+    let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let handler = {
+        let (cheap_down, asked) = (cheap_down.clone(), asked.clone());
+        move |request: Request| {
+            let (cheap_down, asked) = (cheap_down.clone(), asked.clone());
+            async move {
+                let d = request
+                    .extensions()
+                    .get::<RoutingDecision>()
+                    .cloned()
+                    .unwrap();
+                asked.lock().unwrap().push(d.model.to_string());
+                if &*d.model == "cheap" && cheap_down.load(Ordering::SeqCst) {
+                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+                axum::Json(json!({ "model": d.model.to_string() })).into_response()
+            }
         }
-        axum::Json(json!({ "model": d.model.to_string() })).into_response()
-    }
+    };
+    let store = MemorySessionStore::new();
     let layer = TierRoutingLayer::builder(source())
-        .session_store(MemorySessionStore::new())
+        .session_store(store.clone())
         .failure_threshold(100)
         .rng_seed(11)
         .build()
         .unwrap();
     let app = Router::new()
-        .route("/v1/chat/completions", post(flaky))
+        .route("/v1/chat/completions", post(handler))
         .layer(layer);
-    // Find a session whose first pick is `cheap` (75% of them).
-    for i in 0.. {
+    let mut failed_over = 0;
+    for i in 0..20 {
         let session = format!("f-{i}");
+        // The session's first request: `cheap` is down.
+        cheap_down.store(true, Ordering::SeqCst);
+        asked.lock().unwrap().clear();
         let r = send(&app, with_session("simple", &session)).await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.header("x-sentinel-model"), Some("pricey"));
-        // Whatever was picked first, the session is on `pricey` now.
-        let r = send(&app, with_session("simple", &session)).await;
-        assert_eq!(r.header("x-sentinel-model"), Some("pricey"));
-        if i > 10 {
-            break;
+        let first = std::mem::take(&mut *asked.lock().unwrap());
+        match first.as_slice() {
+            [a, b] if a == "cheap" && b == "pricey" => failed_over += 1,
+            [only] if only == "pricey" => {}
+            other => panic!("{session}: unexpected attempts {other:?}"),
         }
+
+        // `cheap` is back: a session still pinned to it would go there now.
+        cheap_down.store(false, Ordering::SeqCst);
+        for _ in 0..3 {
+            let r = send(&app, with_session("simple", &session)).await;
+            assert_eq!(
+                r.header("x-sentinel-model"),
+                Some("pricey"),
+                "{session} went back to the model that failed ({first:?})"
+            );
+        }
+        let pin = store.pin_or_get(&session, None).await.unwrap().current;
+        assert_eq!(pin.map(|p| p.model.to_string()).as_deref(), Some("pricey"));
     }
+    // `cheap` is the first pick of about 3 sessions in 4.
+    assert!(
+        failed_over >= 5,
+        "only {failed_over} sessions started on cheap"
+    );
 }
 
 #[tokio::test]

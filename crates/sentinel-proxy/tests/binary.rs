@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -140,51 +140,60 @@ struct Proxy {
     addr: SocketAddr,
 }
 
-/// A port that was free a moment ago on `host`.
-fn free_port(host: &str) -> u16 {
-    TcpListener::bind((host, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts the binary with `SENTINEL_LISTEN=<host>:<free port>` and waits
-/// for `/healthz`; retries on another port if the port got taken.
+/// Starts the binary with `SENTINEL_LISTEN=<host>:0`, reads the port it
+/// got from its "sentinel-proxy listening" log line (so it needs the log at
+/// `info` or finer, the default), and waits for `/healthz` there. The
+/// kernel picks the port as the proxy binds it: no other process can take
+/// it first, and no other proxy can answer in its place.
 fn start_on(host: &str, args: &[&str], envs: &[(&str, &str)]) -> Proxy {
-    let mut last = String::new();
-    for _ in 0..5 {
-        let port = free_port(host);
-        let listen = format!("{host}:{port}");
-        let mut all = envs.to_vec();
-        all.push(("SENTINEL_LISTEN", &listen));
-        let mut proc = Proc::spawn(command(args, &all));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Some(status) = proc.exited() {
-                thread::sleep(Duration::from_millis(50));
-                last = format!("exited with {status}\n{}", proc.output());
-                break;
-            }
-            if let Ok(r) = try_request(addr, "GET", "/healthz", &[], None)
-                && r.status == 200
-                && proc.exited().is_none()
-            {
-                return Proxy { proc, addr };
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no /healthz within {START_DEADLINE:?}\n{}",
+    let listen = format!("{host}:0");
+    let mut all = envs.to_vec();
+    all.push(("SENTINEL_LISTEN", &listen));
+    let mut proc = Proc::spawn(command(args, &all));
+    let deadline = Instant::now() + START_DEADLINE;
+    let port = loop {
+        if let Some(port) = listening_port(&proc.stderr.text()) {
+            break port;
+        }
+        if let Some(status) = proc.exited() {
+            thread::sleep(Duration::from_millis(50));
+            panic!(
+                "sentinel-proxy did not start: exited with {status}\n{}",
                 proc.output()
             );
-            thread::sleep(Duration::from_millis(25));
         }
-        if !last.contains("cannot listen") {
-            break;
+        assert!(
+            Instant::now() < deadline,
+            "no \"sentinel-proxy listening\" line within {START_DEADLINE:?}\n{}",
+            proc.output()
+        );
+        thread::sleep(Duration::from_millis(25));
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    loop {
+        if let Ok(r) = try_request(addr, "GET", "/healthz", &[], None)
+            && r.status == 200
+        {
+            return Proxy { proc, addr };
         }
+        assert!(
+            proc.exited().is_none() && Instant::now() < deadline,
+            "no /healthz within {START_DEADLINE:?}\n{}",
+            proc.output()
+        );
+        thread::sleep(Duration::from_millis(25));
     }
-    panic!("sentinel-proxy did not start: {last}");
+}
+
+/// The port in the proxy's "sentinel-proxy listening addr=IP:PORT" log line.
+fn listening_port(log: &str) -> Option<u16> {
+    log.lines()
+        .find(|line| line.contains("sentinel-proxy listening"))?
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("addr="))?
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|addr| addr.port())
 }
 
 fn start(args: &[&str], envs: &[(&str, &str)]) -> Proxy {
@@ -483,8 +492,8 @@ fn help_names_every_variable_and_flag() {
 
 #[test]
 fn bad_settings_exit_nonzero_naming_the_setting_without_leaking_secrets() {
-    let port = free_port("127.0.0.1");
-    let listen = format!("127.0.0.1:{port}");
+    // Settings are refused before anything binds: port 0 is as good as any.
+    let listen = "127.0.0.1:0".to_owned();
     let secrets = [
         ("OPENAI_API_KEY", "sk-should-not-leak"),
         ("ZION_API_KEY", "zion-should-not-leak"),
@@ -547,9 +556,7 @@ fn bad_settings_exit_nonzero_naming_the_setting_without_leaking_secrets() {
 
 #[test]
 fn beyond_loopback_needs_keys_or_the_flag() {
-    let port = free_port("0.0.0.0");
-    let listen = format!("0.0.0.0:{port}");
-    let (status, _, stderr) = run_refused(&[], &[("SENTINEL_LISTEN", listen.as_str())]);
+    let (status, _, stderr) = run_refused(&[], &[("SENTINEL_LISTEN", "0.0.0.0:0")]);
     assert!(!status.success(), "0.0.0.0 without keys was accepted");
     assert!(
         stderr.contains("--allow-unauthenticated") && stderr.contains("SENTINEL_LISTEN"),
@@ -760,7 +767,9 @@ fn every_response_carries_a_request_id() {
 
 #[test]
 fn secrets_never_reach_the_output() {
-    let closed = free_port("127.0.0.1");
+    // Nothing listens there, and nothing can while it is held.
+    let held = sentinel_testkit::ClosedPort::new().unwrap();
+    let closed = held.port();
     let openai = format!("http://127.0.0.1:{closed}/v1");
     let zion = format!("http://127.0.0.1:{closed}");
     let redis = format!("redis://:redis-pass-should-not-leak@127.0.0.1:{closed}");

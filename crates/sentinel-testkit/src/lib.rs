@@ -5,6 +5,7 @@
 //! | [`RedisServer`] | a real `redis-server` child process on a free port, with stop / restart |
 //! | [`MockZion`] | the Zion control plane serving `GET /api/v1/tiers/config`, with faults |
 //! | [`MockUpstream`] | an OpenAI-compatible provider answering as the requested model, with per-model faults |
+//! | [`ClosedPort`] | a loopback address where nothing listens, held so that nothing will |
 //!
 //! Every instance binds its own port on `127.0.0.1` (never a fixed one) and
 //! shares no state with any other instance, so tests can run in parallel.
@@ -40,6 +41,7 @@
 //! }
 //! ```
 
+mod closed_port;
 pub mod metrics;
 pub mod redis;
 mod server;
@@ -48,6 +50,7 @@ pub mod zion;
 
 pub mod hostile;
 
+pub use closed_port::ClosedPort;
 pub use redis::{RedisServer, RespValue};
 pub use upstream::{MockUpstream, RecordedRequest, RetryAfter, UpstreamFault};
 pub use zion::{MockZion, ZionFault};

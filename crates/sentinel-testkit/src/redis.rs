@@ -4,9 +4,24 @@
 //! a fresh temporary directory that is removed on drop. [`RedisServer::stop`]
 //! kills it (Redis is down: connections are refused) and
 //! [`RedisServer::restart`] brings it back, empty, on the same port.
+//!
 //! [`RedisServer::pause`] freezes it with `SIGSTOP` (Redis hangs: sockets
 //! stay open, nothing is answered) and [`RedisServer::resume`] lets it run
 //! again, executing whatever clients wrote meanwhile.
+//!
+//! `redis-server` cannot listen on a port the caller holds, so the port is
+//! chosen to be hard to take by anyone else, and a server counts as started
+//! only once the process answering on the port is the child itself:
+//! - it is drawn at random below the range the kernel hands out for port 0
+//!   and for outgoing connections (`ip_local_port_range`), so neither a
+//!   mock binding port 0 nor a client's connection can take it while the
+//!   server is stopped; no two servers of one process draw the same port
+//!   while both live; 6379 is never used;
+//! - `INFO server` must name the child's process id: a `PING` answered by
+//!   another Redis that took the port first does not count. A child that
+//!   cannot bind exits, and [`RedisServer::start`] tries another port;
+//!   [`RedisServer::restart`] tries the same port again for a few seconds,
+//!   then fails rather than hand out someone else's server.
 //!
 //! [`RedisServer::query`] is a small synchronous RESP client for checking
 //! what the code under test stored:
@@ -21,11 +36,15 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::collections::BTreeSet;
+use std::hash::{BuildHasher, RandomState};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,7 +53,15 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many fresh ports [`RedisServer::start`] tries.
 const START_ATTEMPTS: usize = 5;
 /// How long [`RedisServer::restart`] keeps trying to get its port back.
-const REBIND_TIMEOUT: Duration = Duration::from_secs(3);
+const REBIND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many ports below the kernel's ephemeral range the servers draw from.
+const PORT_SPAN: u16 = 16_384;
+/// The port of a Redis someone may be running: never used.
+const STANDARD_PORT: u16 = 6379;
+
+/// The ports of this process's servers, running or stopped, so that no
+/// other server of the process draws one of them.
+static PORTS_IN_USE: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 /// Connect, read and write timeout of [`RedisServer::query`].
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -110,13 +137,17 @@ impl RedisServer {
         };
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            server.port = free_port()?;
+            server.port = claim_port()?;
             match server.spawn_and_wait() {
                 Ok(child) => {
                     server.child = Some(child);
                     return Ok(server);
                 }
-                Err(error) => last_error = Some(error),
+                Err(error) => {
+                    release_port(server.port);
+                    server.port = 0;
+                    last_error = Some(error);
+                }
             }
         }
         Err(last_error.unwrap_or_else(|| io::Error::other("redis-server did not start")))
@@ -197,8 +228,8 @@ impl RedisServer {
     /// Starts the server again on the same port, empty, and waits until it
     /// answers `PING`. A running server is stopped first.
     ///
-    /// While the port is still held (for example by a client that has not
-    /// noticed the restart yet) this keeps trying for a few seconds.
+    /// While the port is held by something else this keeps trying for a few
+    /// seconds, then fails (it never reports another server as this one).
     pub fn restart(&mut self) -> io::Result<()> {
         self.stop();
         let deadline = Instant::now() + REBIND_TIMEOUT;
@@ -258,23 +289,30 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        release_port(self.port);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// Polls `PING` until it answers `+PONG`, the child exits or the deadline
-/// passes.
+/// Polls until the server on `addr` is the child (its `INFO server` names
+/// the child's process id), the child exits or the deadline passes.
 fn wait_for_ping(child: &mut Child, addr: SocketAddr) -> io::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
+    let mut other = None;
     loop {
         if let Some(status) = child.try_wait()? {
+            let holder = other.map_or(String::new(), |pid| {
+                format!("; redis-server {pid} answers there")
+            });
             return Err(io::Error::other(format!(
-                "redis-server on port {} exited before answering PING ({status})",
+                "redis-server on port {} exited before answering PING ({status}){holder}",
                 addr.port()
             )));
         }
-        if ping(addr).is_ok() {
-            return Ok(());
+        match server_pid(addr) {
+            Ok(pid) if pid == child.id() => return Ok(()),
+            Ok(pid) => other = Some(pid),
+            Err(_) => {}
         }
         if Instant::now() >= deadline {
             return Err(io::Error::new(
@@ -289,24 +327,66 @@ fn wait_for_ping(child: &mut Child, addr: SocketAddr) -> io::Result<()> {
     }
 }
 
-fn ping(addr: SocketAddr) -> io::Result<()> {
+/// The process id of the Redis answering on `addr` (`INFO server`), with
+/// short timeouts.
+fn server_pid(addr: SocketAddr) -> io::Result<u32> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
     stream.set_read_timeout(Some(Duration::from_millis(500)))?;
-    stream.write_all(b"*1\r\n$4\r\nPING\r\n")?;
-    let mut reply = [0_u8; 7];
-    stream.read_exact(&mut reply)?;
-    if &reply == b"+PONG\r\n" {
-        Ok(())
-    } else {
-        Err(io::Error::other("unexpected reply to PING"))
-    }
+    stream.set_write_timeout(Some(Duration::from_millis(500)))?;
+    stream.write_all(&encode_command(&["INFO", "server"]))?;
+    let info = read_value(&mut BufReader::new(stream))?;
+    info.as_str()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("process_id:"))
+                .and_then(|pid| pid.trim().parse().ok())
+        })
+        .ok_or_else(|| invalid("no process_id in INFO server"))
 }
 
-/// Asks the OS for a free loopback port. The listener is dropped before the
-/// port is used, so another process may take it first: callers retry.
-fn free_port() -> io::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
+/// Draws a port for a new server and marks it in use by this process:
+/// random within [`port_range`], not 6379, not in use by another server of
+/// this process, and free right now (a listener binds it and lets it go).
+fn claim_port() -> io::Result<u16> {
+    let range = port_range();
+    let span = u64::from(range.end - range.start);
+    let random = RandomState::new();
+    for attempt in 0_u64..256 {
+        let offset = u16::try_from(random.hash_one(attempt) % span).unwrap_or(0);
+        let port = range.start + offset;
+        if port == STANDARD_PORT || !lock_ports().insert(port) {
+            continue;
+        }
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+        release_port(port);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("no free port for redis-server in {range:?}"),
+    ))
+}
+
+/// Marks `port` free for the other servers of this process.
+fn release_port(port: u16) {
+    lock_ports().remove(&port);
+}
+
+fn lock_ports() -> std::sync::MutexGuard<'static, BTreeSet<u16>> {
+    PORTS_IN_USE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The [`PORT_SPAN`] ports just below the kernel's ephemeral range (from
+/// `/proc/sys/net/ipv4/ip_local_port_range`; 32768 when it cannot be read),
+/// never below 1024.
+fn port_range() -> Range<u16> {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let end = ephemeral_start.max(1024 + 1024);
+    end.saturating_sub(PORT_SPAN).max(1024)..end
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -479,9 +559,9 @@ mod tests {
         let server = RedisServer::start().unwrap();
         server.pause().unwrap();
         // Connections are still accepted, but nothing is answered.
-        assert!(ping(server.addr()).is_err());
+        assert!(server_pid(server.addr()).is_err());
         server.resume().unwrap();
-        ping(server.addr()).unwrap();
+        assert_eq!(server_pid(server.addr()).unwrap(), server.pid().unwrap());
         assert_eq!(
             server.query(&["PING"]).unwrap(),
             RespValue::Simple("PONG".into())

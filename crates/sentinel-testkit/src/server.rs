@@ -4,6 +4,15 @@
 //! aborted, so a keep-alive client could still reach a "stopped" mock. Here
 //! every connection task lives in a `JoinSet` owned by the server task:
 //! shutting the server down closes the listener and every open connection.
+//!
+//! A stopped mock keeps its port: before its listener closes, a second
+//! socket is bound to the same address (both have `SO_REUSEPORT`), and it
+//! stays bound without listening until the mock resumes, when it starts
+//! listening itself. Connections meanwhile are refused, as by a server that
+//! is down, and no other socket can take the port (one without
+//! `SO_REUSEPORT` cannot bind it, and the kernel never hands it out for
+//! port 0 or an outgoing connection), so the mock always comes back on its
+//! address and a client never reaches someone else's server there.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,7 +26,7 @@ use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -60,36 +69,57 @@ impl Drop for Server {
 #[derive(Debug)]
 pub(crate) struct Restartable {
     addr: SocketAddr,
-    server: Mutex<Option<Server>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+enum State {
+    Serving(Server),
+    /// Stopped, holding the port with a socket bound to it that does not
+    /// listen (`None` only if that socket could not be bound).
+    Stopped(Option<TcpSocket>),
 }
 
 impl Restartable {
-    /// Serves `router` on `listener` now.
+    /// Serves `router` on `listener` (from [`bind_any`]) now.
     pub(crate) fn spawn(listener: TcpListener, addr: SocketAddr, router: Router) -> Self {
         Restartable {
             addr,
-            server: Mutex::new(Some(Server::spawn(listener, router))),
+            state: Mutex::new(State::Serving(Server::spawn(listener, router))),
         }
     }
 
     /// Closes the listener and every open connection, and returns once
-    /// they are closed. Does nothing if already stopped.
+    /// they are closed; the port stays held (connections are refused).
+    /// Does nothing if already stopped.
     pub(crate) async fn stop(&self) {
-        let server = lock(&self.server).take();
-        if let Some(server) = server {
-            server.shutdown().await;
-        }
+        let server = {
+            let mut state = lock(&self.state);
+            if matches!(*state, State::Stopped(_)) {
+                return;
+            }
+            // Hold the port before the listener lets it go.
+            let hold = bound(self.addr).ok();
+            match std::mem::replace(&mut *state, State::Stopped(hold)) {
+                State::Serving(server) => server,
+                State::Stopped(_) => return,
+            }
+        };
+        server.shutdown().await;
     }
 
     /// Serves `router()` again on the same address. Does nothing if it is
-    /// running; fails if the port cannot be bound again within a few
-    /// seconds.
+    /// running.
     pub(crate) async fn resume(&self, router: impl FnOnce() -> Router) -> io::Result<()> {
-        if lock(&self.server).is_some() {
-            return Ok(());
-        }
-        let listener = rebind(self.addr).await?;
-        *lock(&self.server) = Some(Server::spawn(listener, router()));
+        let held = match &mut *lock(&self.state) {
+            State::Serving(_) => return Ok(()),
+            State::Stopped(held) => held.take(),
+        };
+        let listener = match held {
+            Some(socket) => socket.listen(BACKLOG)?,
+            None => rebind(self.addr).await?,
+        };
+        *lock(&self.state) = State::Serving(Server::spawn(listener, router()));
         Ok(())
     }
 }
@@ -122,17 +152,31 @@ async fn accept_loop(listener: TcpListener, router: Router, mut shutdown: onesho
     connections.shutdown().await;
 }
 
-/// Binds `127.0.0.1:0`.
+/// The listen backlog of a mock (the one `TcpListener::bind` uses).
+const BACKLOG: u32 = 1024;
+
+/// A listener on a free loopback port, with `SO_REUSEPORT` so that a
+/// [`Restartable`] can hold its port while stopped.
 pub(crate) async fn bind_any() -> io::Result<TcpListener> {
-    TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await
+    bound(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)))?.listen(BACKLOG)
 }
 
-/// Binds `addr` again, retrying for a couple of seconds while the port is
-/// still held (for example by a connection in `TIME_WAIT`).
-pub(crate) async fn rebind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A socket bound to `addr` that does not listen yet, with `SO_REUSEPORT`
+/// and without `SO_REUSEADDR`: it may share the address only with the
+/// mock's own listener (and that listener's connections in `TIME_WAIT`).
+fn bound(addr: SocketAddr) -> io::Result<TcpSocket> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// Binds `addr` again, retrying for a few seconds while the port is held:
+/// only when the port could not be held while stopped.
+async fn rebind(addr: SocketAddr) -> io::Result<TcpListener> {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        match TcpListener::bind(addr).await {
+        match bound(addr).and_then(|socket| socket.listen(BACKLOG)) {
             Ok(listener) => return Ok(listener),
             Err(error) if Instant::now() >= deadline => return Err(error),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

@@ -575,7 +575,8 @@ impl MockUpstream {
 
     /// Makes the whole mock unreachable: closes the listener (connections
     /// are refused) and every open connection, and returns once they are
-    /// closed. Does nothing if already stopped.
+    /// closed. The port stays held meanwhile (without listening), so that
+    /// no other server takes it. Does nothing if already stopped.
     pub async fn stop(&self) {
         self.server.stop().await;
     }
@@ -583,7 +584,9 @@ impl MockUpstream {
     /// Serves again on the same port with the same state (faults, recorded
     /// requests, settings). Does nothing if it is running.
     ///
-    /// Fails if the port cannot be bound again within a few seconds.
+    /// The port was held while stopped, so it is free to listen on again;
+    /// this fails only if that hold could not be taken and the port cannot
+    /// be bound again within a few seconds.
     pub async fn resume(&self) -> io::Result<()> {
         let state = Arc::clone(&self.state);
         self.server.resume(|| router(state)).await

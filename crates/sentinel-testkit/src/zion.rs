@@ -129,8 +129,9 @@ impl MockZion {
     }
 
     /// Makes Zion unreachable: closes the listener (connections are refused)
-    /// and every open connection, and returns once they are closed. Does
-    /// nothing if already stopped.
+    /// and every open connection, and returns once they are closed. The
+    /// port stays held meanwhile (without listening), so that no other
+    /// server takes it. Does nothing if already stopped.
     pub async fn stop(&self) {
         self.server.stop().await;
     }
@@ -138,7 +139,9 @@ impl MockZion {
     /// Serves again on the same port with the same state (config, fault,
     /// counters). Does nothing if it is running.
     ///
-    /// Fails if the port cannot be bound again within a few seconds.
+    /// The port was held while stopped, so it is free to listen on again;
+    /// this fails only if that hold could not be taken and the port cannot
+    /// be bound again within a few seconds.
     pub async fn resume(&self) -> io::Result<()> {
         let state = Arc::clone(&self.state);
         self.server.resume(|| router(state)).await

@@ -125,3 +125,65 @@ fn drop_kills_the_server() {
     drop(redis);
     assert!(TcpStream::connect(addr).is_err());
 }
+
+#[test]
+fn ports_are_drawn_below_the_kernels_ephemeral_range_and_never_6379() {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let servers: Vec<_> = (0..4).map(|_| RedisServer::start().unwrap()).collect();
+    let mut ports: Vec<_> = servers.iter().map(RedisServer::port).collect();
+    for port in &ports {
+        assert!(*port < ephemeral, "{port} is in the ephemeral range");
+        assert_ne!(*port, 6379);
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), servers.len(), "two servers on one port");
+}
+
+/// A `redis-server` that is not a `RedisServer`, on `port`.
+struct Foreign(std::process::Child);
+
+impl Foreign {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let foreign = Foreign(child);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "no foreign redis");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        foreign
+    }
+}
+
+impl Drop for Foreign {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn restart_fails_rather_than_hand_out_another_redis_that_took_the_port() {
+    let mut redis = RedisServer::start().unwrap();
+    redis.stop();
+    // Someone else's Redis takes the port while ours is down: it answers
+    // PING there, but it is not ours.
+    let foreign = Foreign::start(redis.port());
+    let error = redis.restart().unwrap_err();
+    assert!(!redis.is_running(), "{error}");
+    drop(foreign);
+    // Once the port is free again, the server comes back on it.
+    redis.restart().unwrap();
+    assert_eq!(redis.query(&["PING"]).unwrap().as_str(), Some("PONG"));
+}

@@ -209,3 +209,38 @@ async fn drop_stops_the_server() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn a_stopped_mock_holds_its_port_so_no_other_server_takes_it() {
+    let zion = MockZion::start().await.unwrap();
+    let addr = zion.addr();
+    let url = config_url(&zion);
+    for _ in 0..2 {
+        // A connection the stop closes (it lingers in TIME_WAIT on the
+        // mock's port).
+        let mut kept = support::connect(&url).await.unwrap();
+        let reply = kept
+            .send_request(support::request(
+                http::Method::GET,
+                &url,
+                &[],
+                bytes::Bytes::new(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), StatusCode::OK);
+        drop(reply);
+
+        zion.stop().await;
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+        // Neither a plain bind nor one with SO_REUSEADDR (tokio's, Redis's)
+        // gets the port while the mock is stopped.
+        assert!(std::net::TcpListener::bind(addr).is_err());
+        assert!(tokio::net::TcpListener::bind(addr).await.is_err());
+
+        zion.resume().await.unwrap();
+        assert_eq!(zion.addr(), addr);
+        let reply = support::get(&url, &[]).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+}
