@@ -10,6 +10,7 @@
 //! | `sentinel_retries_total` | counter | `tier` | second attempts on the next model |
 //! | `sentinel_breaker_transitions_total` | counter | `scope` (`model`, `provider`), `name`, `to` (`open`, `closed`) | circuit-breaker transitions |
 //! | `sentinel_models_open` | gauge | | model breakers open right now in this process |
+//! | `sentinel_breaker_state` | gauge | `scope` (`model`, `provider`), `provider`, `model` (empty for a provider) | 0 closed, 1 open, 2 half-open (its wait is over; the next attempt or probe decides), for every model of the tier config and its provider; set by [`TierRoutingLayer::export_breaker_states`](crate::TierRoutingLayer::export_breaker_states) |
 //! | `sentinel_health_checks_total` | counter | `provider`, `result` (`up`, `down`, `inconclusive`) | active health-check probes |
 //! | `sentinel_model_probes_total` | counter | `provider`, `model`, `result` (`up`, `down`, `inconclusive`) | background probes of open models (early recovery) |
 //! | `sentinel_session_upgrades_total` | counter | `from`, `to` | sessions moved to a higher tier |
@@ -30,6 +31,8 @@ pub const RETRIES: &str = "sentinel_retries_total";
 pub const BREAKER_TRANSITIONS: &str = "sentinel_breaker_transitions_total";
 /// Open model breakers.
 pub const MODELS_OPEN: &str = "sentinel_models_open";
+/// The state of each breaker: 0 closed, 1 open, 2 half-open.
+pub const BREAKER_STATE: &str = "sentinel_breaker_state";
 /// Health-check results.
 pub const HEALTH_CHECKS: &str = "sentinel_health_checks_total";
 /// Background probes of open models.
@@ -69,6 +72,10 @@ pub fn describe() {
         MODELS_OPEN,
         "Model circuit breakers open right now in this process."
     );
+    describe_gauge!(
+        BREAKER_STATE,
+        "Circuit-breaker state by scope, provider and model: 0 closed, 1 open, 2 half-open."
+    );
     describe_counter!(
         HEALTH_CHECKS,
         "Active health-check probes by provider and result."
@@ -91,43 +98,46 @@ pub fn describe() {
 
 pub use crate::classify::status_class;
 
-/// Counter handles by their label values, registered once per key: a
-/// registry lookup with freshly built labels on every request costs more
-/// than the count itself. Keys come from the tier config (tiers, models)
-/// and fixed sets (reasons, status classes), so it holds what the metrics
-/// registry holds. Per layer, so that a recorder installed for a test sees
-/// its own layers' counts.
-pub(crate) struct CounterCache<K>(
-    std::sync::RwLock<std::collections::HashMap<K, metrics::Counter>>,
-);
+/// Metric handles (counters, histograms) by their label values, each
+/// registered once: a registry lookup with freshly built labels on every
+/// request costs more than the count itself. Keys come from the tier
+/// config (tiers, models) and fixed sets (reasons, status classes), so it
+/// holds what the metrics registry holds. One per layer or service, so
+/// that a recorder installed for a test sees its own handles.
+pub struct HandleCache<K, H>(std::sync::RwLock<std::collections::HashMap<K, H>>);
 
-impl<K> Default for CounterCache<K> {
+/// Counter handles by their label values.
+pub(crate) type CounterCache<K> = HandleCache<K, metrics::Counter>;
+
+impl<K, H> Default for HandleCache<K, H> {
     fn default() -> Self {
-        CounterCache(std::sync::RwLock::default())
+        HandleCache(std::sync::RwLock::default())
     }
 }
 
-impl<K: Eq + std::hash::Hash + Clone> CounterCache<K> {
-    /// The counter for `key`, registered by `register` the first time.
-    pub(crate) fn get(
-        &self,
-        key: &K,
-        register: impl FnOnce() -> metrics::Counter,
-    ) -> metrics::Counter {
-        if let Some(counter) = self
+impl<K, H> std::fmt::Debug for HandleCache<K, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandleCache").finish_non_exhaustive()
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone, H: Clone> HandleCache<K, H> {
+    /// The handle for `key`, registered by `register` the first time.
+    pub fn get(&self, key: &K, register: impl FnOnce() -> H) -> H {
+        if let Some(handle) = self
             .0
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(key)
         {
-            return counter.clone();
+            return handle.clone();
         }
-        let counter = register();
+        let handle = register();
         self.0
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(key.clone())
-            .or_insert(counter)
+            .or_insert(handle)
             .clone()
     }
 }

@@ -241,3 +241,51 @@ async fn an_open_model_is_counted_while_open_and_when_it_closes() {
     assert_eq!(c.total(m::BREAKER_TRANSITIONS), 1);
     assert_eq!(c.gauge(m::MODELS_OPEN, &[]), Some(1.0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_state_gauge_shows_every_model_closed_open_and_half_open() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let layer = TierRoutingLayer::builder(source())
+        .failure_threshold(1)
+        .build()
+        .unwrap();
+    let app = failing_app(layer.clone());
+    let state = |c: &Counters, scope: &str, model: &str| {
+        c.gauge(
+            m::BREAKER_STATE,
+            &[("scope", scope), ("provider", "openai"), ("model", model)],
+        )
+    };
+
+    // Every model of the config is there before any request, closed.
+    layer.export_breaker_states();
+    let c = Counters::take(&snapshotter);
+    for model in ["cheap", "pricey", "mid", "big"] {
+        assert_eq!(state(&c, "model", model), Some(0.0), "{model}");
+    }
+    assert_eq!(state(&c, "provider", ""), Some(0.0));
+
+    // `mid` fails once (threshold 1): open for 30 s.
+    let r = send(&app, request("moderate", &[("x-fail", "mid")])).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    layer.export_breaker_states();
+    let c = Counters::take(&snapshotter);
+    assert_eq!(state(&c, "model", "mid"), Some(1.0));
+    assert_eq!(state(&c, "model", "big"), Some(0.0));
+    assert_eq!(state(&c, "provider", ""), Some(0.0), "a 5xx is the model's");
+
+    // Its wait is over, nothing has tried it yet: half-open.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    layer.export_breaker_states();
+    let c = Counters::take(&snapshotter);
+    assert_eq!(state(&c, "model", "mid"), Some(2.0));
+
+    // The next request is its probe, and succeeds: closed.
+    let r = send(&app, request("moderate", &[])).await;
+    assert_eq!(r.status, StatusCode::OK);
+    layer.export_breaker_states();
+    let c = Counters::take(&snapshotter);
+    assert_eq!(state(&c, "model", "mid"), Some(0.0));
+}

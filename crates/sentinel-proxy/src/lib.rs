@@ -32,6 +32,7 @@ mod server;
 pub mod settings;
 pub mod source;
 mod sse;
+mod timing;
 pub mod upstream;
 
 use std::fmt;
@@ -245,6 +246,7 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
     let state = server::AppState {
         source: source.clone(),
         prometheus,
+        layer: layer.clone(),
     };
     let app = server::app(
         state,

@@ -9,6 +9,10 @@
 //! | `sentinel_stream_continuations_total` | counter | `tier`, `model`, `provider` (the continuing model; `none` when there was none), `outcome` (`continued`, `refused`, `failed`, `unavailable`) | broken chat streams Sentinel tried to continue on the next model |
 //! | `sentinel_unknown_provider_models_total` | counter | `provider` | models left out of routing because the proxy does not know their provider |
 //! | `sentinel_http_requests_total` | counter | `status` (`2xx`, `4xx`, `5xx`, ...) | every HTTP request the proxy answered |
+//! | `sentinel_request_duration_seconds` | histogram | `tier`, `model`, `provider`, `status` | routed requests, from arrival to the last byte sent (streams included; a client that leaves ends it); `none` labels for a request no model answered |
+//! | `sentinel_upstream_first_byte_seconds` | histogram | `model`, `provider` | each attempt, from sending the request to the provider's response head |
+//! | `sentinel_time_to_first_token_seconds` | histogram | `tier`, `model`, `provider` | streamed answers, from arrival to the first content chunk handed to the client |
+//! | `sentinel_overhead_seconds` | histogram | `tier` | routed requests, time spent in Sentinel itself: arrival to the response head going out, minus the time spent waiting on providers for the attempts' heads (and a stream's first token) |
 //!
 //! The layer's and the cache's metrics are documented in
 //! `sentinel_layer::metrics` and `sentinel_zion::metrics`.
@@ -40,10 +44,20 @@ pub const PROBE_COST_MICRO_USD: &str = "sentinel_probe_cost_micro_usd_total";
 pub const CONNECTIONS_OPEN: &str = "sentinel_connections_open";
 /// Requests shed at once because the in-flight cap was reached.
 pub const REQUESTS_SHED: &str = "sentinel_requests_shed_total";
+/// Routed requests, arrival to the last byte sent.
+pub const REQUEST_DURATION: &str = "sentinel_request_duration_seconds";
+/// Each attempt, request sent to the provider's response head.
+pub const UPSTREAM_FIRST_BYTE: &str = "sentinel_upstream_first_byte_seconds";
+/// Streamed answers, arrival to the first content chunk sent.
+pub const TIME_TO_FIRST_TOKEN: &str = "sentinel_time_to_first_token_seconds";
+/// Time spent in Sentinel itself per routed request.
+pub const OVERHEAD: &str = "sentinel_overhead_seconds";
 
-/// Buckets of the latency histograms, in seconds.
-const BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// Buckets of the latency histograms, in seconds: LLM traffic spans a
+/// millisecond of Sentinel's own time to minutes of generation.
+pub const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+    120.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -117,6 +131,27 @@ fn describe() {
     describe_counter!(
         PROBE_TOKENS,
         "Tokens spent by background probes of open models, by provider, model and kind."
+    );
+    use metrics::{Unit, describe_histogram};
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Routed requests from arrival to the last byte sent, by tier, model, provider and status class."
+    );
+    describe_histogram!(
+        UPSTREAM_FIRST_BYTE,
+        Unit::Seconds,
+        "Each attempt from sending the request to the provider's response head."
+    );
+    describe_histogram!(
+        TIME_TO_FIRST_TOKEN,
+        Unit::Seconds,
+        "Streamed answers from arrival to the first content chunk sent to the client."
+    );
+    describe_histogram!(
+        OVERHEAD,
+        Unit::Seconds,
+        "Time spent in Sentinel itself per routed request: to the response head, minus provider waits."
     );
     describe_counter!(
         REQUESTS_SHED,

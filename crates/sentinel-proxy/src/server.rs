@@ -21,6 +21,7 @@ use tower::Layer;
 use crate::metrics as m;
 use crate::serve::Guarded;
 use crate::settings::Secret;
+use crate::timing::RequestClock;
 use crate::upstream::Upstream;
 
 /// The request-id header.
@@ -30,6 +31,8 @@ pub use sentinel_layer::headers::REQUEST_ID;
 pub(crate) struct AppState {
     pub(crate) source: Arc<dyn TierConfigSource>,
     pub(crate) prometheus: PrometheusHandle,
+    /// For the breaker-state gauge, set when `/metrics` is read.
+    pub(crate) layer: sentinel_layer::TierRoutingLayer,
 }
 
 /// The proxy's service, outer to inner: CORS (when origins are set),
@@ -194,17 +197,18 @@ impl tower::Service<Request> for Answered {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         let Ok(permit) = self.admission.clone().try_acquire_owned() else {
             return AnsweredFuture::Shed {
                 response: Some(overloaded()),
             };
         };
+        let clock = RequestClock::start(&mut request);
         // `TierRouting` is always ready: its readiness is driven inside
         // each request's future.
         AnsweredFuture::Routing {
             call: self.routed.call(request),
-            permit: Some(permit),
+            admitted: Some((permit, clock)),
         }
     }
 }
@@ -217,7 +221,7 @@ pin_project_lite::pin_project! {
         Routing {
             #[pin]
             call: sentinel_layer::ResponseFuture<Upstream, Body, Body>,
-            permit: Option<tokio::sync::OwnedSemaphorePermit>,
+            admitted: Option<(tokio::sync::OwnedSemaphorePermit, RequestClock)>,
         },
     }
 }
@@ -235,13 +239,18 @@ impl std::future::Future for AnsweredFuture {
                 Some(response) => response,
                 None => return std::task::Poll::Pending,
             },
-            AnsweredProj::Routing { call, permit } => match std::task::ready!(call.poll(cx)) {
-                Ok(response) => match permit.take() {
-                    Some(permit) => response.map(|body| Body::new(Guarded::new(body, permit))),
-                    None => response.map(Body::new),
-                },
-                Err(e) => upstream_failed(&e),
-            },
+            AnsweredProj::Routing { call, admitted } => {
+                let response = match std::task::ready!(call.poll(cx)) {
+                    Ok(response) => response,
+                    Err(e) => upstream_failed(&e).map(http_body_util::Either::Left),
+                };
+                match admitted.take() {
+                    Some((permit, clock)) => clock
+                        .answered(response)
+                        .map(|body| Body::new(Guarded::new(body, permit))),
+                    None => return std::task::Poll::Pending,
+                }
+            }
         };
         std::task::Poll::Ready(Ok(response))
     }
@@ -302,6 +311,7 @@ async fn method_not_allowed(method: http::Method) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    state.layer.export_breaker_states();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.prometheus.render(),

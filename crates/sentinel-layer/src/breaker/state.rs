@@ -96,7 +96,37 @@ impl State {
     }
 }
 
+/// What a breaker says now: the `sentinel_breaker_state` gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BreakerView {
+    /// Taking traffic.
+    Closed,
+    /// Backing off until then.
+    Open(Instant),
+    /// Its wait is over: the next attempt (or background probe) decides.
+    HalfOpen,
+}
+
+impl BreakerView {
+    /// The gauge's value: 0 closed, 1 open, 2 half-open.
+    pub(crate) fn gauge(self) -> f64 {
+        match self {
+            BreakerView::Closed => 0.0,
+            BreakerView::Open(_) => 1.0,
+            BreakerView::HalfOpen => 2.0,
+        }
+    }
+}
+
 impl State {
+    fn view(&self, now: Instant) -> BreakerView {
+        match self.open_until {
+            None => BreakerView::Closed,
+            Some(until) if now < until => BreakerView::Open(until),
+            Some(_) => BreakerView::HalfOpen,
+        }
+    }
+
     fn refuses(&self, now: Instant) -> Option<Instant> {
         let until = self.open_until?;
         if now < until {
@@ -271,6 +301,19 @@ impl Breakers {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// What the breaker of (`provider`, `model`) says now; closed when it
+    /// never saw an attempt.
+    pub(crate) fn model_view(&self, provider: &str, model: &str, now: Instant) -> BreakerView {
+        self.model(provider, model)
+            .map_or(BreakerView::Closed, |b| b.with(|s| s.view(now)))
+    }
+
+    /// What `provider`'s breaker says now.
+    pub(crate) fn provider_view(&self, provider: &str, now: Instant) -> BreakerView {
+        self.provider(provider)
+            .map_or(BreakerView::Closed, |b| b.with(|s| s.view(now)))
     }
 
     /// Whether `m` may take traffic now.

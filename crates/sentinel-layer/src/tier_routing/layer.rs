@@ -56,6 +56,15 @@ impl TierRoutingLayer {
     pub fn start_background_tasks(&self) {
         self.shared.start_background();
     }
+
+    /// Sets the `sentinel_breaker_state` gauge (0 closed, 1 open, 2
+    /// half-open) of every model of the current tier config and of their
+    /// providers. Half-open is a matter of time (a wait that ran out), so
+    /// call it when the metrics are read, e.g. from the `/metrics` handler
+    /// just before rendering. Cheap: one lock per breaker.
+    pub fn export_breaker_states(&self) {
+        self.shared.export_breaker_states();
+    }
 }
 
 impl<S> Layer<S> for TierRoutingLayer {

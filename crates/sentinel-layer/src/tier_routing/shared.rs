@@ -77,6 +77,42 @@ impl Shared {
         }
     }
 
+    /// Sets `sentinel_breaker_state` for every model of the current tier
+    /// config (the cached one, else the last one a request saw) and for
+    /// each of their providers.
+    pub(crate) fn export_breaker_states(&self) {
+        let Some(config) = self
+            .source
+            .cached()
+            .or_else(|| self.last_config.load_full())
+        else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let breakers = &self.selector.breakers;
+        let mut providers = std::collections::HashSet::new();
+        let mut models = std::collections::HashSet::new();
+        for (_, m) in config.models() {
+            if !models.insert((m.provider(), m.model())) {
+                continue;
+            }
+            let view = breakers.model_view(m.provider(), m.model(), now);
+            ::metrics::gauge!(crate::metrics::BREAKER_STATE,
+                "scope" => "model",
+                "provider" => m.provider_arc().clone(),
+                "model" => m.model_arc().clone())
+            .set(view.gauge());
+            if providers.insert(m.provider()) {
+                let view = breakers.provider_view(m.provider(), now);
+                ::metrics::gauge!(crate::metrics::BREAKER_STATE,
+                    "scope" => "provider",
+                    "provider" => m.provider_arc().clone(),
+                    "model" => "")
+                .set(view.gauge());
+            }
+        }
+    }
+
     /// Starts the background tasks once, when inside a runtime (see
     /// [`crate::background`]).
     pub(crate) fn start_background(&self) {

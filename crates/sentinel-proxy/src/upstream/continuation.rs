@@ -146,6 +146,8 @@ impl Resume {
             hide_usage,
             report: Some(attempt.report()),
             resume: None,
+            // After the head: the request's overhead is already counted.
+            wait: None,
         };
         let sent = upstream
             .send(&decision, target, method, uri, headers, body, plan)

@@ -48,6 +48,8 @@ use tower::Service;
 use crate::metrics as m;
 use crate::settings::Provider;
 use crate::sse;
+use crate::timing::UpstreamWait;
+use sentinel_layer::metrics::HandleCache;
 
 mod body;
 mod client;
@@ -95,6 +97,9 @@ struct BodyPlan {
     report: Option<AttemptReport>,
     /// How a broken chat stream is continued (first attempts only).
     resume: Option<Box<Resume>>,
+    /// Where the time spent waiting on the provider goes (the overhead
+    /// histogram's subtrahend).
+    wait: Option<UpstreamWait>,
 }
 
 /// Whether a streamed chat answer that breaks after its head is continued
@@ -157,6 +162,8 @@ struct Inner {
     continuation: StreamContinuation,
     config: Arc<dyn TierConfigSource>,
     counters: UsageCounterCache,
+    /// `sentinel_upstream_first_byte_seconds` by (provider, model).
+    first_byte: HandleCache<(Arc<str>, Arc<str>), ::metrics::Histogram>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -207,6 +214,7 @@ impl Upstream {
             continuation,
             config,
             counters: UsageCounterCache::default(),
+            first_byte: HandleCache::default(),
         })))
     }
 }
@@ -363,6 +371,7 @@ impl Upstream {
             hide_usage,
             report,
             resume,
+            wait: extensions.get::<UpstreamWait>().cloned(),
         };
         self.send(decision, target, method, upstream_uri, headers, bytes, plan)
             .await
@@ -400,7 +409,10 @@ impl Upstream {
         } else {
             (self.0.timeouts.first_byte, "first-byte")
         };
-        let deadline = Instant::now() + limit;
+        // Until this returns, the request waits on the provider.
+        let _waiting = plan.wait.as_ref().map(UpstreamWait::waiting);
+        let sent = Instant::now();
+        let deadline = sent + limit;
         let response = match tokio::time::timeout_at(deadline, self.0.client.request(request)).await
         {
             Err(_) => {
@@ -412,6 +424,14 @@ impl Upstream {
             Ok(Err(e)) => return Err(UpstreamError::other(e)),
             Ok(Ok(response)) => response,
         };
+        self.0
+            .first_byte
+            .get(&(decision.provider.clone(), decision.model.clone()), || {
+                ::metrics::histogram!(m::UPSTREAM_FIRST_BYTE,
+                    "model" => decision.model.clone(),
+                    "provider" => decision.provider.clone())
+            })
+            .record(sent.elapsed().as_secs_f64());
 
         let (mut parts, body) = response.into_parts();
         for name in &DROPPED_RESPONSE_HEADERS {
