@@ -79,6 +79,24 @@ impl TierModels {
         self.weights.get(index).map(|w| w / self.total)
     }
 
+    /// The chance that [`choose`](Self::choose) picks each model (in config
+    /// order) when the models for which `exclude` is true are left out: `0`
+    /// for those, and shares that sum to 1 when any model is left, all `0`
+    /// when none is.
+    pub fn shares(&self, mut exclude: impl FnMut(&ModelEntry) -> bool) -> Vec<f64> {
+        let kept: Vec<f64> = self
+            .models
+            .iter()
+            .zip(&self.weights)
+            .map(|(m, w)| if exclude(m) { 0.0 } else { *w })
+            .collect();
+        let eligible: f64 = kept.iter().sum();
+        if eligible <= 0.0 {
+            return vec![0.0; kept.len()];
+        }
+        kept.into_iter().map(|w| w / eligible).collect()
+    }
+
     /// Chooses a model with probability proportional to `1 / relative_cost`
     /// among the models for which `exclude` is false. `random` is any
     /// uniformly distributed `u64`. `None` when every model is excluded or
@@ -233,5 +251,48 @@ mod tests {
         assert_eq!(t.find("p", "m1").unwrap().relative_cost(), 2);
         assert!(t.find("q", "m1").is_none());
         assert!(t.find("p", "m9").is_none());
+    }
+
+    #[test]
+    fn shares_are_the_chances_of_choose_with_the_same_exclusions() {
+        let raw: RawTierConfig = serde_json::from_value(serde_json::json!({ "tiers": {
+            "simple": { "models": [
+                { "provider": "p", "model": "a", "relative_cost": 1 },
+                { "provider": "p", "model": "b", "relative_cost": 2 },
+                { "provider": "p", "model": "c", "relative_cost": 4 }
+            ] }
+        } }))
+        .unwrap();
+        let config = TierConfig::validate(raw).unwrap();
+        let tier = config.tier(Tier::Simple);
+        for excluded in [None, Some("a"), Some("b"), Some("c")] {
+            let exclude = |m: &ModelEntry| Some(m.model()) == excluded;
+            let shares = tier.shares(exclude);
+            assert!(
+                (shares.iter().sum::<f64>() - 1.0).abs() < 1e-12,
+                "{shares:?}"
+            );
+            // `choose` over evenly spread draws lands on each model in
+            // proportion to its share.
+            const DRAWS: u64 = 70_000;
+            let mut counts = [0u64; 3];
+            for i in 0..DRAWS {
+                let random = i * (u64::MAX / DRAWS);
+                let m = tier.choose(exclude, random).unwrap();
+                counts[tier.models().iter().position(|x| x == m).unwrap()] += 1;
+            }
+            for (count, share) in counts.iter().zip(&shares) {
+                let seen = *count as f64 / DRAWS as f64;
+                assert!(
+                    (seen - share).abs() < 1e-3,
+                    "{excluded:?}: {counts:?} vs {shares:?}"
+                );
+            }
+        }
+        assert_eq!(tier.shares(|_| true), vec![0.0; 3]);
+        assert_eq!(
+            tier.shares(|_| false),
+            vec![4.0 / 7.0, 2.0 / 7.0, 1.0 / 7.0]
+        );
     }
 }

@@ -16,6 +16,7 @@
 //! | [`classify`] | what an answer says of its model: one rule per question |
 //! | [`continuation`] | continuing a stream that broke after its head |
 //! | [`session`] | session stores: memory (bounded) and Redis |
+//! | [`state`] | what the layer is doing now: shares, breakers, provider health |
 //! | [`headers`] | Sentinel's header names |
 //! | [`health`] | active health checks of providers |
 //! | [`recovery`] | background probes of open models (early recovery) |
@@ -65,6 +66,7 @@ pub mod retry;
 mod rng;
 mod select;
 pub mod session;
+pub mod state;
 pub mod tier_routing;
 mod upstream;
 

@@ -241,6 +241,8 @@ pub(crate) struct Breakers {
     providers: RwLock<HashMap<Arc<str>, Arc<Breaker>>>,
     open_models: AtomicI64,
     shared: Option<SharedOpenState>,
+    /// The last health check of each provider: up or not.
+    health: RwLock<HashMap<Arc<str>, bool>>,
 }
 
 impl Breakers {
@@ -251,6 +253,7 @@ impl Breakers {
             providers: RwLock::default(),
             open_models: AtomicI64::new(0),
             shared,
+            health: RwLock::default(),
         }
     }
 
@@ -308,6 +311,13 @@ impl Breakers {
     pub(crate) fn model_view(&self, provider: &str, model: &str, now: Instant) -> BreakerView {
         self.model(provider, model)
             .map_or(BreakerView::Closed, |b| b.with(|s| s.view(now)))
+    }
+
+    /// The last health check of `provider`: `Some(up)`, or `None` before
+    /// the first (or without health checks).
+    pub(crate) fn last_health(&self, provider: &str) -> Option<bool> {
+        let map = self.health.read().unwrap_or_else(|p| p.into_inner());
+        map.get(provider).copied()
     }
 
     /// What `provider`'s breaker says now.
@@ -460,6 +470,10 @@ impl Breakers {
     /// Records an active health check of `provider`: a success resets the
     /// provider's breaker only (never a model's), a failure feeds it.
     pub(crate) fn health(&self, provider: &Arc<str>, up: bool, now: Instant) {
+        self.health
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(provider.clone(), up);
         if up {
             if let Some(b) = self.provider(provider) {
                 self.close(&b, "provider", provider, None);

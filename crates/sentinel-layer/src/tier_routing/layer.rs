@@ -65,6 +65,18 @@ impl TierRoutingLayer {
     pub fn export_breaker_states(&self) {
         self.shared.export_breaker_states();
     }
+
+    /// What the layer is doing now: each model's share of new traffic and
+    /// breaker, each provider's health and breaker (see
+    /// [`state`](crate::state)). `None` until a tier config is at hand.
+    pub fn routing_state(&self) -> Option<crate::state::RoutingState> {
+        let config = self.shared.current_config()?;
+        Some(crate::state::RoutingState::take(
+            config,
+            &self.shared.selector.breakers,
+            tokio::time::Instant::now(),
+        ))
+    }
 }
 
 impl<S> Layer<S> for TierRoutingLayer {

@@ -113,6 +113,13 @@ impl Shared {
         }
     }
 
+    /// The current config (the cached one, else the last one a request saw).
+    pub(crate) fn current_config(&self) -> Option<Arc<TierConfig>> {
+        self.source
+            .cached()
+            .or_else(|| self.last_config.load_full())
+    }
+
     /// Starts the background tasks once, when inside a runtime (see
     /// [`crate::background`]).
     pub(crate) fn start_background(&self) {
