@@ -133,3 +133,109 @@ async fn metrics_carry_latency_histograms_and_breaker_states_and_pass_promtool()
     assert!(ok, "promtool check metrics failed:\n{said}");
     proxy.stop().await;
 }
+
+/// The `/admin/state` document, with its status.
+async fn admin_state(proxy: &Proxy, key: Option<&str>) -> (u16, serde_json::Value) {
+    let mut request = proxy.request(reqwest::Method::GET, "/admin/state");
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let reply = support::Reply::read(request.send().await.unwrap()).await;
+    let body = serde_json::from_str(&reply.text()).unwrap_or(serde_json::Value::Null);
+    (reply.status, body)
+}
+
+#[tokio::test]
+async fn the_state_api_shows_shares_breakers_and_the_config_in_use() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    let (a, b) = (unique("state-a"), unique("state-b"));
+    let config = zion_config(&[
+        ("simple", &[a.as_str(), b.as_str()]),
+        ("moderate", &[a.as_str()]),
+        ("complex", &[b.as_str()]),
+    ]);
+    let version = config["version"].as_str().unwrap().to_owned();
+    zion.set_config(config);
+    // `a` always fails, and one failure opens it.
+    upstream.set_fault(
+        &a,
+        sentinel_testkit::UpstreamFault::Status {
+            status: 500,
+            retry_after: None,
+        },
+    );
+    let proxy = Proxy::start(
+        &Env::new(&upstream)
+            .zion(&zion)
+            .set("SENTINEL_FAILURE_THRESHOLD", "1"),
+    )
+    .await;
+
+    // Before any failure: equal costs, equal shares, everything closed.
+    let reply = proxy.chat(&support::chat_body(Some("complex"))).await;
+    assert_eq!(reply.status, 200);
+    let (status, state) = admin_state(&proxy, None).await;
+    assert_eq!(status, 200, "{state}");
+    assert_eq!(state["tier_config"]["version"], version.as_str());
+    assert_eq!(state["tier_config"]["source"], "zion");
+    assert_eq!(state["tier_config"]["stale"], false);
+    assert!(state["tier_config"]["age_seconds"].as_f64().unwrap() >= 0.0);
+    let simple = state["tiers"]["simple"]["models"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(simple.len(), 2);
+    for m in &simple {
+        assert_eq!(m["share"], 0.5, "{m}");
+        assert_eq!(m["breaker"], "closed");
+        assert_eq!(m["retry_in_seconds"], serde_json::Value::Null);
+        assert_eq!(m["provider"], "openai");
+        assert_eq!(m["relative_cost"], 1);
+    }
+    assert_eq!(state["providers"]["openai"]["health"], "unknown");
+    assert_eq!(state["providers"]["openai"]["breaker"], "closed");
+
+    // `a` fails once: open, out of the shares; `b` takes all of `simple`.
+    let reply = proxy.chat(&support::chat_body(Some("moderate"))).await;
+    assert_eq!(reply.status, 502);
+    let (_, state) = admin_state(&proxy, None).await;
+    let model = |tier: &str, name: &str| {
+        state["tiers"][tier]["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let open = model("simple", &a);
+    assert_eq!(
+        (open["share"].clone(), open["breaker"].clone()),
+        (0.0.into(), "open".into())
+    );
+    let wait = open["retry_in_seconds"].as_f64().unwrap();
+    assert!(wait > 0.0 && wait <= 30.0, "{wait}");
+    assert_eq!(model("simple", &b)["share"], 1.0);
+    assert_eq!(model("moderate", &a)["share"], 0.0, "nothing left to give");
+    assert_eq!(model("complex", &b)["share"], 1.0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn the_state_api_is_guarded_by_the_inbound_keys() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let proxy = Proxy::start(&Env::new(&upstream).set("SENTINEL_API_KEYS", "admin-key")).await;
+    let (status, body) = admin_state(&proxy, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    let (status, _) = admin_state(&proxy, Some("wrong")).await;
+    assert_eq!(status, 401);
+    let (status, state) = admin_state(&proxy, Some("admin-key")).await;
+    assert_eq!(status, 200, "{state}");
+    // Without Zion or a file: the built-in tiers.
+    assert_eq!(state["tier_config"]["source"], "builtin");
+    assert_eq!(state["tier_config"]["age_seconds"], serde_json::Value::Null);
+    assert_eq!(state["tiers"]["simple"]["models"][0]["share"], 1.0);
+    proxy.stop().await;
+}

@@ -52,6 +52,8 @@ pub use config::{
     TierConfig,
 };
 pub use session::{PickReason, PinWrite, Pinned, SessionPlan};
-pub use source::{ConfigFuture, ConfigUnavailable, StaticConfig, TierConfigSource};
+pub use source::{
+    ConfigFuture, ConfigOrigin, ConfigUnavailable, SourceStatus, StaticConfig, TierConfigSource,
+};
 pub use store_error::StoreError;
 pub use tier::{Tier, UnknownTier};

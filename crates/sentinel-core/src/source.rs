@@ -45,6 +45,38 @@ pub trait TierConfigSource: Send + Sync + 'static {
     fn cached(&self) -> Option<Arc<TierConfig>> {
         None
     }
+
+    /// Where the config at hand came from, how old it is and whether it is
+    /// past its TTL, for an operator; `None` when the source does not say
+    /// (the default) or holds no config.
+    fn status(&self) -> Option<SourceStatus> {
+        None
+    }
+}
+
+/// Where a tier config in use came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigOrigin {
+    /// Fetched from Zion by this process.
+    Zion,
+    /// Read from the shared store (another replica fetched it from Zion).
+    Store,
+    /// A configuration file.
+    File,
+    /// Built into the program.
+    Builtin,
+}
+
+/// What a source says of the config it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// Where it came from.
+    pub origin: ConfigOrigin,
+    /// How long ago Zion produced it; `None` for a config that does not age
+    /// (a file, the built-in one).
+    pub age: Option<Duration>,
+    /// Past its TTL: served while refreshing it fails.
+    pub stale: bool,
 }
 
 impl<T: TierConfigSource + ?Sized> TierConfigSource for Arc<T> {
@@ -55,16 +87,26 @@ impl<T: TierConfigSource + ?Sized> TierConfigSource for Arc<T> {
     fn cached(&self) -> Option<Arc<TierConfig>> {
         (**self).cached()
     }
+
+    fn status(&self) -> Option<SourceStatus> {
+        (**self).status()
+    }
 }
 
 /// A fixed tier config.
 #[derive(Debug, Clone)]
-pub struct StaticConfig(Arc<TierConfig>);
+pub struct StaticConfig(Arc<TierConfig>, Option<ConfigOrigin>);
 
 impl StaticConfig {
     /// A source that always answers `config`.
     pub fn new(config: impl Into<Arc<TierConfig>>) -> Self {
-        StaticConfig(config.into())
+        StaticConfig(config.into(), None)
+    }
+
+    /// Says where the config came from ([`TierConfigSource::status`]).
+    pub fn origin(mut self, origin: ConfigOrigin) -> Self {
+        self.1 = Some(origin);
+        self
     }
 }
 
@@ -75,6 +117,14 @@ impl TierConfigSource for StaticConfig {
 
     fn cached(&self) -> Option<Arc<TierConfig>> {
         Some(self.0.clone())
+    }
+
+    fn status(&self) -> Option<SourceStatus> {
+        self.1.map(|origin| SourceStatus {
+            origin,
+            age: None,
+            stale: false,
+        })
     }
 }
 

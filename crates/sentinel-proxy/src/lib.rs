@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use http::Request;
 use http_body_util::Full;
-use sentinel_core::{StaticConfig, TierConfigSource};
+use sentinel_core::{ConfigOrigin, StaticConfig, TierConfigSource};
 use sentinel_layer::health::{HealthChecks, HealthClient, HealthFuture, HealthTarget};
 use sentinel_layer::recovery::ModelProbes;
 use sentinel_layer::{MemorySessionStore, RedisSessionStore, TierRoutingLayer};
@@ -181,8 +181,11 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
             Arc::new(KnownProviders::new(cache, known))
         }
         None => {
-            let config = settings.tiers.clone().unwrap_or_else(source::builtin);
-            Arc::new(KnownProviders::new(StaticConfig::new(config), known))
+            let fixed = match settings.tiers.clone() {
+                Some(config) => StaticConfig::new(config).origin(ConfigOrigin::File),
+                None => StaticConfig::new(source::builtin()).origin(ConfigOrigin::Builtin),
+            };
+            Arc::new(KnownProviders::new(fixed, known))
         }
     };
 

@@ -64,6 +64,7 @@ pub(crate) fn app(
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/metrics", get(metrics))
+        .route("/admin/state", get(admin_state))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -317,6 +318,77 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.prometheus.render(),
     )
         .into_response()
+}
+
+/// `GET /admin/state`: what the proxy is doing now (docs/configuration.md,
+/// "The state API"): the tier config in use, each tier's models with their
+/// share of new traffic and breaker, each provider's health and breaker.
+async fn admin_state(State(state): State<AppState>) -> Response {
+    let Some(routing) = state.layer.routing_state() else {
+        return SentinelError::new(
+            ErrorCode::TierConfigUnavailable,
+            "no tier config is loaded yet: retry after the time in `Retry-After`",
+        )
+        .retry_after(std::time::Duration::from_secs(1))
+        .into_response()
+        .into_response();
+    };
+    let status = state.source.status();
+    let seconds = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
+    let tier_config = serde_json::json!({
+        "version": routing.config.version(),
+        "age_seconds": seconds(status.and_then(|s| s.age)),
+        "source": status.map(|s| match s.origin {
+            sentinel_core::ConfigOrigin::Zion => "zion",
+            sentinel_core::ConfigOrigin::Store => "redis",
+            sentinel_core::ConfigOrigin::File => "file",
+            sentinel_core::ConfigOrigin::Builtin => "builtin",
+        }),
+        "stale": status.is_some_and(|s| s.stale),
+    });
+    let tiers: serde_json::Map<String, serde_json::Value> = routing
+        .tiers
+        .iter()
+        .map(|(tier, models)| {
+            let models: Vec<_> = models
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "provider": &*m.provider,
+                        "model": &*m.model,
+                        "relative_cost": m.relative_cost,
+                        "share": m.share,
+                        "breaker": m.breaker.as_str(),
+                        "retry_in_seconds": seconds(m.retry_in),
+                    })
+                })
+                .collect();
+            (
+                tier.as_str().to_owned(),
+                serde_json::json!({ "models": models }),
+            )
+        })
+        .collect();
+    let providers: serde_json::Map<String, serde_json::Value> = routing
+        .providers
+        .iter()
+        .map(|p| {
+            (
+                p.name.to_string(),
+                serde_json::json!({
+                    "health": p.health.as_str(),
+                    "breaker": p.breaker.as_str(),
+                    "retry_in_seconds": seconds(p.retry_in),
+                }),
+            )
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "tier_config": tier_config,
+        "tiers": tiers,
+        "providers": providers,
+    }))
+    .into_response()
 }
 
 async fn healthz() -> Response {

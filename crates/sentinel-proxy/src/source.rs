@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use sentinel_core::{ConfigFuture, RawTierConfig, TierConfig, TierConfigSource};
+use sentinel_core::{ConfigFuture, RawTierConfig, SourceStatus, TierConfig, TierConfigSource};
 
 use crate::metrics as m;
 
@@ -76,6 +76,10 @@ impl<S: TierConfigSource> TierConfigSource for KnownProviders<S> {
 
     fn cached(&self) -> Option<Arc<TierConfig>> {
         self.inner.cached().map(|c| self.filter(c))
+    }
+
+    fn status(&self) -> Option<SourceStatus> {
+        self.inner.status()
     }
 }
 

@@ -65,7 +65,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use sentinel_core::{ConfigFuture, ConfigUnavailable, RawTierConfig, TierConfig, TierConfigSource};
+use sentinel_core::{
+    ConfigFuture, ConfigOrigin, ConfigUnavailable, RawTierConfig, SourceStatus, TierConfig,
+    TierConfigSource,
+};
 use tokio::time::Instant;
 
 use crate::client::ZionClient;
@@ -223,6 +226,7 @@ struct Inner {
 
 struct Snapshot {
     config: Arc<TierConfig>,
+    origin: Source,
     /// When Zion produced it (estimated from the store's TTL when read from there).
     born: Instant,
     refresh_at: Instant,
@@ -490,7 +494,7 @@ impl Inner {
                     }
                     Err(e) => tracing::error!(error = %e, "tier config could not be serialized"),
                 }
-                self.install(config.clone(), self.ttl);
+                self.install(config.clone(), self.ttl, Source::Zion);
                 Ok(config)
             }
             Err(e) => {
@@ -518,7 +522,7 @@ impl Inner {
         match parsed {
             Ok(config) => {
                 let config = Arc::new(config);
-                self.install(config.clone(), ttl_left);
+                self.install(config.clone(), ttl_left, Source::Store);
                 Some(config)
             }
             Err(e) => {
@@ -529,13 +533,14 @@ impl Inner {
         }
     }
 
-    fn install(&self, config: Arc<TierConfig>, ttl_left: Duration) {
+    fn install(&self, config: Arc<TierConfig>, ttl_left: Duration, origin: Source) {
         let now = Instant::now();
         let ttl_left = ttl_left.min(self.ttl);
         let expires = now + ttl_left;
         // checked_sub: the monotonic clock may have started less than a TTL ago.
         let snapshot = Snapshot {
             config,
+            origin,
             born: now.checked_sub(self.ttl - ttl_left).unwrap_or(now),
             refresh_at: expires.checked_sub(self.ttl / 10).unwrap_or(now),
             expires,
@@ -609,6 +614,20 @@ impl TierConfigSource for TierConfigCache {
 
     fn cached(&self) -> Option<Arc<TierConfig>> {
         self.current()
+    }
+
+    fn status(&self) -> Option<SourceStatus> {
+        let now = Instant::now();
+        let guard = self.inner.snapshot.load();
+        let snap = guard.as_ref()?;
+        Some(SourceStatus {
+            origin: match snap.origin {
+                Source::Zion => ConfigOrigin::Zion,
+                Source::Store => ConfigOrigin::Store,
+            },
+            age: Some(now.saturating_duration_since(snap.born)),
+            stale: now >= snap.expires,
+        })
     }
 }
 
