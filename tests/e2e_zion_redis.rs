@@ -113,6 +113,15 @@ async fn a_replica_that_finds_the_config_in_redis_does_not_call_zion() {
         .await
         .assert_served("moderate", "gpt-4o");
     assert_eq!(zion.calls(), calls, "B called Zion");
+
+    // The state API says where each replica's config came from.
+    for (replica, source) in [(&a, "zion"), (&b, "redis")] {
+        let reply = replica.get("/admin/state").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let state: serde_json::Value = serde_json::from_str(&reply.text()).unwrap();
+        assert_eq!(state["tier_config"]["source"], source, "{state}");
+        assert_eq!(state["tier_config"]["stale"], false);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
