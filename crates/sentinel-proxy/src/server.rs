@@ -21,7 +21,7 @@ use tower::Layer;
 use crate::metrics as m;
 use crate::serve::Guarded;
 use crate::settings::Secret;
-use crate::timing::RequestClock;
+use crate::timing::{RequestClock, Timings};
 use crate::upstream::Upstream;
 
 /// The request-id header.
@@ -53,6 +53,7 @@ pub(crate) fn app(
         admission: Arc::new(Semaphore::new(
             max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
         )),
+        timings: Arc::default(),
     };
     // The routed paths' `POST`s never reach the router (see `Dispatch`):
     // it answers their other methods.
@@ -184,6 +185,7 @@ impl std::future::Future for DispatchFuture {
 struct Answered {
     routed: TierRouting<Upstream>,
     admission: Arc<Semaphore>,
+    timings: Arc<Timings>,
 }
 
 impl tower::Service<Request> for Answered {
@@ -204,7 +206,7 @@ impl tower::Service<Request> for Answered {
                 response: Some(overloaded()),
             };
         };
-        let clock = RequestClock::start(&mut request);
+        let clock = RequestClock::start(&mut request, &self.timings);
         // `TierRouting` is always ready: its readiness is driven inside
         // each request's future.
         AnsweredFuture::Routing {

@@ -16,10 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use ::metrics::Histogram;
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use sentinel_layer::RoutingDecision;
+use sentinel_layer::metrics::HandleCache;
 use tokio::time::Instant;
 
 use crate::metrics as m;
@@ -63,21 +65,37 @@ impl Drop for Waiting {
     }
 }
 
+/// `tier`, `model`, `provider`: the labels of a model's histograms.
+type ModelLabels = (&'static str, Arc<str>, Arc<str>);
+
+/// The histogram handles of routed requests, registered once per label
+/// set: a registry lookup with new labels per request costs more than the
+/// record itself.
+#[derive(Debug, Default)]
+pub(crate) struct Timings {
+    overhead: HandleCache<&'static str, Histogram>,
+    first_token: HandleCache<ModelLabels, Histogram>,
+    /// By model labels and status class.
+    duration: HandleCache<(ModelLabels, &'static str), Histogram>,
+}
+
 /// A routed request's clock, from its arrival at the routed service.
 #[derive(Debug)]
 pub(crate) struct RequestClock {
     arrival: Instant,
     wait: UpstreamWait,
+    timings: Arc<Timings>,
 }
 
 impl RequestClock {
     /// Starts the clock of `request`, giving it the wait its attempts add to.
-    pub(crate) fn start<B>(request: &mut http::Request<B>) -> Self {
+    pub(crate) fn start<B>(request: &mut http::Request<B>, timings: &Arc<Timings>) -> Self {
         let wait = UpstreamWait::default();
         request.extensions_mut().insert(wait.clone());
         RequestClock {
             arrival: Instant::now(),
             wait,
+            timings: timings.clone(),
         }
     }
 
@@ -91,21 +109,31 @@ impl RequestClock {
         let model = label(|d| &d.model);
         let provider = label(|d| &d.provider);
         let overhead = self.arrival.elapsed().saturating_sub(self.wait.total());
-        ::metrics::histogram!(m::OVERHEAD, "tier" => tier).record(overhead.as_secs_f64());
+        let timings = &self.timings;
+        timings
+            .overhead
+            .get(&tier, || ::metrics::histogram!(m::OVERHEAD, "tier" => tier))
+            .record(overhead.as_secs_f64());
 
         let status = sentinel_layer::metrics::status_class(response.status());
         let first_token = (decision.is_some_and(|d| d.stream) && response.status().is_success())
             .then(|| {
-                ::metrics::histogram!(m::TIME_TO_FIRST_TOKEN,
-                    "tier" => tier,
-                    "model" => model.clone(),
-                    "provider" => provider.clone())
+                let key = (tier, model.clone(), provider.clone());
+                timings.first_token.get(&key, || {
+                    ::metrics::histogram!(m::TIME_TO_FIRST_TOKEN,
+                        "tier" => tier,
+                        "model" => model.clone(),
+                        "provider" => provider.clone())
+                })
             });
-        let duration = ::metrics::histogram!(m::REQUEST_DURATION,
-            "tier" => tier,
-            "model" => model,
-            "provider" => provider,
-            "status" => status);
+        let key = ((tier, model.clone(), provider.clone()), status);
+        let duration = timings.duration.get(&key, || {
+            ::metrics::histogram!(m::REQUEST_DURATION,
+                "tier" => tier,
+                "model" => model,
+                "provider" => provider,
+                "status" => status)
+        });
         response.map(|inner| Timed {
             inner,
             arrival: self.arrival,
@@ -123,9 +151,9 @@ pin_project_lite::pin_project! {
         inner: B,
         arrival: Instant,
         // Set until the first content chunk (streamed answers only).
-        first_token: Option<::metrics::Histogram>,
+        first_token: Option<Histogram>,
         // Set until the end (or the drop) is recorded.
-        duration: Option<::metrics::Histogram>,
+        duration: Option<Histogram>,
     }
 
     impl<B> PinnedDrop for Timed<B> {
@@ -231,7 +259,7 @@ mod tests {
         let _guard = metrics::set_default_local_recorder(&recorder);
 
         let mut request = http::Request::new(());
-        let clock = RequestClock::start(&mut request);
+        let clock = RequestClock::start(&mut request, &Arc::default());
         let wait = request.extensions().get::<UpstreamWait>().unwrap().clone();
         // 10 ms in Sentinel, then 200 ms waiting on the provider.
         tokio::time::advance(Duration::from_millis(10)).await;
@@ -271,7 +299,7 @@ mod tests {
         let _guard = metrics::set_default_local_recorder(&recorder);
 
         let mut request = http::Request::new(());
-        let clock = RequestClock::start(&mut request);
+        let clock = RequestClock::start(&mut request, &Arc::default());
         let mut response = Response::new(http_body_util::Full::new(Bytes::from("{}")));
         response.extensions_mut().insert(decision(false));
         let timed = clock.answered(response).into_body();
