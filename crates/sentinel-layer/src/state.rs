@@ -57,6 +57,16 @@ impl BreakerStatus {
         }
     }
 
+    /// The `sentinel_breaker_state` gauge's value: 0 closed, 1 open, 2
+    /// half-open.
+    pub(crate) fn gauge(self) -> f64 {
+        match self {
+            BreakerStatus::Closed => 0.0,
+            BreakerStatus::Open => 1.0,
+            BreakerStatus::HalfOpen => 2.0,
+        }
+    }
+
     fn of(view: BreakerView, now: Instant) -> (Self, Option<Duration>) {
         match view {
             BreakerView::Closed => (BreakerStatus::Closed, None),

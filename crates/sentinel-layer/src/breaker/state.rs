@@ -96,7 +96,7 @@ impl State {
     }
 }
 
-/// What a breaker says now: the `sentinel_breaker_state` gauge.
+/// What a breaker says now ([`crate::state::BreakerStatus`] with its deadline).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BreakerView {
     /// Taking traffic.
@@ -105,17 +105,6 @@ pub(crate) enum BreakerView {
     Open(Instant),
     /// Its wait is over: the next attempt (or background probe) decides.
     HalfOpen,
-}
-
-impl BreakerView {
-    /// The gauge's value: 0 closed, 1 open, 2 half-open.
-    pub(crate) fn gauge(self) -> f64 {
-        match self {
-            BreakerView::Closed => 0.0,
-            BreakerView::Open(_) => 1.0,
-            BreakerView::HalfOpen => 2.0,
-        }
-    }
 }
 
 impl State {

@@ -70,12 +70,7 @@ impl TierRoutingLayer {
     /// breaker, each provider's health and breaker (see
     /// [`state`](crate::state)). `None` until a tier config is at hand.
     pub fn routing_state(&self) -> Option<crate::state::RoutingState> {
-        let config = self.shared.current_config()?;
-        Some(crate::state::RoutingState::take(
-            config,
-            &self.shared.selector.breakers,
-            tokio::time::Instant::now(),
-        ))
+        self.shared.routing_state()
     }
 }
 

@@ -14,6 +14,7 @@ use crate::metrics::CounterCache;
 use crate::recovery::ModelProbes;
 use crate::select::Selector;
 use crate::session::SessionStore;
+use crate::state::RoutingState;
 
 pub(crate) struct Sessions {
     pub(crate) store: Arc<dyn SessionStore>,
@@ -78,39 +79,38 @@ impl Shared {
     }
 
     /// Sets `sentinel_breaker_state` for every model of the current tier
-    /// config (the cached one, else the last one a request saw) and for
-    /// each of their providers.
+    /// config and for each of their providers, from the routing state.
     pub(crate) fn export_breaker_states(&self) {
-        let Some(config) = self
-            .source
-            .cached()
-            .or_else(|| self.last_config.load_full())
-        else {
+        let Some(state) = self.routing_state() else {
             return;
         };
-        let now = tokio::time::Instant::now();
-        let breakers = &self.selector.breakers;
-        let mut providers = std::collections::HashSet::new();
-        let mut models = std::collections::HashSet::new();
-        for (_, m) in config.models() {
-            if !models.insert((m.provider(), m.model())) {
-                continue;
-            }
-            let view = breakers.model_view(m.provider(), m.model(), now);
-            ::metrics::gauge!(crate::metrics::BREAKER_STATE,
-                "scope" => "model",
-                "provider" => m.provider_arc().clone(),
-                "model" => m.model_arc().clone())
-            .set(view.gauge());
-            if providers.insert(m.provider()) {
-                let view = breakers.provider_view(m.provider(), now);
+        for (_, models) in &state.tiers {
+            for m in models {
                 ::metrics::gauge!(crate::metrics::BREAKER_STATE,
-                    "scope" => "provider",
-                    "provider" => m.provider_arc().clone(),
-                    "model" => "")
-                .set(view.gauge());
+                    "scope" => "model",
+                    "provider" => m.provider.clone(),
+                    "model" => m.model.clone())
+                .set(m.breaker.gauge());
             }
         }
+        for p in &state.providers {
+            ::metrics::gauge!(crate::metrics::BREAKER_STATE,
+                "scope" => "provider",
+                "provider" => p.name.clone(),
+                "model" => "")
+            .set(p.breaker.gauge());
+        }
+    }
+
+    /// What the layer is doing now ([`crate::state`]); `None` until a tier
+    /// config is at hand.
+    pub(crate) fn routing_state(&self) -> Option<RoutingState> {
+        let config = self.current_config()?;
+        Some(RoutingState::take(
+            config,
+            &self.selector.breakers,
+            tokio::time::Instant::now(),
+        ))
     }
 
     /// The current config (the cached one, else the last one a request saw).
