@@ -27,11 +27,13 @@
 
 pub mod demo;
 pub mod metrics;
+mod recent;
 mod serve;
 mod server;
 pub mod settings;
 pub mod source;
 mod sse;
+pub mod status;
 mod timing;
 pub mod upstream;
 
@@ -250,6 +252,7 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
         source: source.clone(),
         prometheus,
         layer: layer.clone(),
+        timings: Arc::default(),
     };
     let app = server::app(
         state,

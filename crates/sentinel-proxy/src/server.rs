@@ -21,6 +21,7 @@ use tower::Layer;
 use crate::metrics as m;
 use crate::serve::Guarded;
 use crate::settings::Secret;
+use crate::status;
 use crate::timing::{RequestClock, Timings};
 use crate::upstream::Upstream;
 
@@ -31,8 +32,11 @@ pub use sentinel_layer::headers::REQUEST_ID;
 pub(crate) struct AppState {
     pub(crate) source: Arc<dyn TierConfigSource>,
     pub(crate) prometheus: PrometheusHandle,
-    /// For the breaker-state gauge, set when `/metrics` is read.
+    /// For the breaker-state gauge, set when `/metrics` is read, and the
+    /// state API.
     pub(crate) layer: sentinel_layer::TierRoutingLayer,
+    /// The routed requests' histograms and last minute (the status page).
+    pub(crate) timings: Arc<Timings>,
 }
 
 /// The proxy's service, outer to inner: CORS (when origins are set),
@@ -53,7 +57,7 @@ pub(crate) fn app(
         admission: Arc::new(Semaphore::new(
             max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
         )),
-        timings: Arc::default(),
+        timings: state.timings.clone(),
     };
     // The routed paths' `POST`s never reach the router (see `Dispatch`):
     // it answers their other methods.
@@ -65,7 +69,8 @@ pub(crate) fn app(
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/metrics", get(metrics))
-        .route("/admin/state", get(admin_state))
+        .route("/admin/state", get(status::admin_state))
+        .route("/status", get(status::status_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -322,77 +327,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// `GET /admin/state`: what the proxy is doing now (docs/configuration.md,
-/// "The state API"): the tier config in use, each tier's models with their
-/// share of new traffic and breaker, each provider's health and breaker.
-async fn admin_state(State(state): State<AppState>) -> Response {
-    let Some(routing) = state.layer.routing_state() else {
-        return SentinelError::new(
-            ErrorCode::TierConfigUnavailable,
-            "no tier config is loaded yet: retry after the time in `Retry-After`",
-        )
-        .retry_after(std::time::Duration::from_secs(1))
-        .into_response()
-        .into_response();
-    };
-    let status = state.source.status();
-    let seconds = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
-    let tier_config = serde_json::json!({
-        "version": routing.config.version(),
-        "age_seconds": seconds(status.and_then(|s| s.age)),
-        "source": status.map(|s| match s.origin {
-            sentinel_core::ConfigOrigin::Zion => "zion",
-            sentinel_core::ConfigOrigin::Store => "redis",
-            sentinel_core::ConfigOrigin::File => "file",
-            sentinel_core::ConfigOrigin::Builtin => "builtin",
-        }),
-        "stale": status.is_some_and(|s| s.stale),
-    });
-    let tiers: serde_json::Map<String, serde_json::Value> = routing
-        .tiers
-        .iter()
-        .map(|(tier, models)| {
-            let models: Vec<_> = models
-                .iter()
-                .map(|m| {
-                    serde_json::json!({
-                        "provider": &*m.provider,
-                        "model": &*m.model,
-                        "relative_cost": m.relative_cost,
-                        "share": m.share,
-                        "breaker": m.breaker.as_str(),
-                        "retry_in_seconds": seconds(m.retry_in),
-                    })
-                })
-                .collect();
-            (
-                tier.as_str().to_owned(),
-                serde_json::json!({ "models": models }),
-            )
-        })
-        .collect();
-    let providers: serde_json::Map<String, serde_json::Value> = routing
-        .providers
-        .iter()
-        .map(|p| {
-            (
-                p.name.to_string(),
-                serde_json::json!({
-                    "health": p.health.as_str(),
-                    "breaker": p.breaker.as_str(),
-                    "retry_in_seconds": seconds(p.retry_in),
-                }),
-            )
-        })
-        .collect();
-    axum::Json(serde_json::json!({
-        "tier_config": tier_config,
-        "tiers": tiers,
-        "providers": providers,
-    }))
-    .into_response()
-}
-
 async fn healthz() -> Response {
     axum::Json(serde_json::json!({ "status": "ok" })).into_response()
 }
@@ -438,26 +372,51 @@ impl KeyDigest {
     }
 }
 
-/// The bearer token of `Authorization` (the scheme in any case).
-fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+/// The key `Authorization` presents: `Bearer <key>`, or, for a browser,
+/// `Basic` with the key as the password (any user name). Schemes in any
+/// case.
+fn presented_key(headers: &http::HeaderMap) -> Option<std::borrow::Cow<'_, str>> {
+    use base64::Engine as _;
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    if token.is_empty() {
+        return None;
+    }
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(std::borrow::Cow::Borrowed(token));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (_user, password) = decoded.split_once(':')?;
+    (!password.is_empty()).then(|| std::borrow::Cow::Owned(password.to_owned()))
 }
 
-/// Whether `request` may pass: `/v1/` and `/admin/` are guarded by the
-/// inbound keys (when there are any).
+/// Whether `path` is guarded by the inbound keys: the API (`/v1/`), the
+/// state API (`/admin/`) and the status page.
+fn guarded(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/") || path.starts_with("/admin/") || path == STATUS_PAGE
+}
+
+/// The status page's path: a browser's page, asked for its key by HTTP
+/// Basic.
+const STATUS_PAGE: &str = "/status";
+
+/// Whether `request` may pass: a [`guarded`] path needs one of the inbound
+/// keys (when there are any).
 fn authorized(keys: &[KeyDigest], request: &Request) -> bool {
-    let path = request.uri().path();
-    let guarded = path == "/v1" || path.starts_with("/v1/") || path.starts_with("/admin/");
-    if !guarded || keys.is_empty() {
+    if keys.is_empty() || !guarded(request.uri().path()) {
         return true;
     }
-    let Some(token) = bearer_token(request.headers()) else {
+    let Some(key) = presented_key(request.headers()) else {
         return false;
     };
-    let presented = KeyDigest::of(token);
+    let presented = KeyDigest::of(&key);
     // Compare against every key, without stopping at a match.
     let mut ok = subtle::Choice::from(0u8);
     for key in keys {
@@ -477,16 +436,23 @@ fn overloaded() -> Response {
     .into_response()
 }
 
-fn unauthorized() -> Response {
+/// `401 invalid_api_key` for a request to `path`; the status page's also
+/// asks a browser for the key by HTTP Basic.
+fn unauthorized(path: &str) -> Response {
     let mut response = SentinelError::new(
         ErrorCode::InvalidApiKey,
         "a valid API key is required: send `Authorization: Bearer <key>`",
     )
     .into_response()
     .into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    let headers = response.headers_mut();
+    headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    if path == STATUS_PAGE {
+        headers.append(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"Sentinel status\", charset=\"UTF-8\""),
+        );
+    }
     response
 }
 
@@ -602,7 +568,7 @@ where
                 Ok(response) => response,
                 Err(never) => match never {},
             },
-            None => unauthorized(),
+            None => unauthorized(this.line.as_ref().map_or("", |l| l.uri.path())),
         };
         if let Some(line) = this.line.take() {
             response

@@ -8,7 +8,8 @@
 //! that wait. The response body is then [`Timed`]: its first content
 //! chunk sets `sentinel_time_to_first_token_seconds` (streams), and its
 //! end, or its drop when the client leaves first,
-//! `sentinel_request_duration_seconds`.
+//! `sentinel_request_duration_seconds` and the tier's last minute of
+//! traffic ([`Recent`], for the status page).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,11 +21,13 @@ use ::metrics::Histogram;
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
+use sentinel_core::Tier;
 use sentinel_layer::RoutingDecision;
 use sentinel_layer::metrics::HandleCache;
 use tokio::time::Instant;
 
 use crate::metrics as m;
+use crate::recent::Recent;
 
 /// The time a routed request spent waiting on providers, summed over its
 /// attempts (a request extension, shared by the attempts).
@@ -77,6 +80,8 @@ pub(crate) struct Timings {
     first_token: HandleCache<ModelLabels, Histogram>,
     /// By model labels and status class.
     duration: HandleCache<(ModelLabels, &'static str), Histogram>,
+    /// The last minute of each tier's traffic.
+    pub(crate) recent: Recent,
 }
 
 /// A routed request's clock, from its arrival at the routed service.
@@ -134,12 +139,39 @@ impl RequestClock {
                 "provider" => provider,
                 "status" => status)
         });
+        let end = End {
+            duration,
+            tier: decision.map(|d| d.tier),
+            error: !response.status().is_success(),
+            timings: self.timings,
+        };
         response.map(|inner| Timed {
             inner,
             arrival: self.arrival,
             first_token,
-            duration: Some(duration),
+            end: Some(end),
         })
+    }
+}
+
+/// What a routed request's end records.
+#[derive(Debug)]
+struct End {
+    duration: Histogram,
+    /// The tier routed to (none for a request answered before routing).
+    tier: Option<Tier>,
+    /// Not answered `2xx`.
+    error: bool,
+    timings: Arc<Timings>,
+}
+
+impl End {
+    fn record(self, arrival: Instant) {
+        let elapsed = arrival.elapsed();
+        self.duration.record(elapsed.as_secs_f64());
+        if let Some(tier) = self.tier {
+            self.timings.recent.record(tier, elapsed, self.error);
+        }
     }
 }
 
@@ -153,15 +185,15 @@ pin_project_lite::pin_project! {
         // Set until the first content chunk (streamed answers only).
         first_token: Option<Histogram>,
         // Set until the end (or the drop) is recorded.
-        duration: Option<Histogram>,
+        end: Option<End>,
     }
 
     impl<B> PinnedDrop for Timed<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             // The client left before the end: the request ends here.
-            if let Some(duration) = this.duration.take() {
-                duration.record(this.arrival.elapsed().as_secs_f64());
+            if let Some(end) = this.end.take() {
+                end.record(*this.arrival);
             }
         }
     }
@@ -189,8 +221,8 @@ where
                 }
             }
             Poll::Ready(_) => {
-                if let Some(duration) = this.duration.take() {
-                    duration.record(this.arrival.elapsed().as_secs_f64());
+                if let Some(end) = this.end.take() {
+                    end.record(*this.arrival);
                 }
             }
             Poll::Pending => {}
@@ -259,7 +291,8 @@ mod tests {
         let _guard = metrics::set_default_local_recorder(&recorder);
 
         let mut request = http::Request::new(());
-        let clock = RequestClock::start(&mut request, &Arc::default());
+        let timings = Arc::default();
+        let clock = RequestClock::start(&mut request, &timings);
         let wait = request.extensions().get::<UpstreamWait>().unwrap().clone();
         // 10 ms in Sentinel, then 200 ms waiting on the provider.
         tokio::time::advance(Duration::from_millis(10)).await;
@@ -290,6 +323,10 @@ mod tests {
         near(values(&all, m::OVERHEAD), 0.010);
         near(values(&all, m::TIME_TO_FIRST_TOKEN), 0.210);
         near(values(&all, m::REQUEST_DURATION), 0.710);
+        // And the tier's last minute, for the status page.
+        let minute = timings.recent.last_minute(Tier::Simple);
+        assert_eq!((minute.requests, minute.errors), (1, 0));
+        assert!(minute.p50.is_some_and(|p| p >= Duration::from_millis(710)));
     }
 
     #[tokio::test(start_paused = true)]
