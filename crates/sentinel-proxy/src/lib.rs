@@ -33,8 +33,9 @@ mod server;
 pub mod settings;
 pub mod source;
 mod sse;
-pub mod status;
+mod status;
 mod timing;
+pub mod trace;
 pub mod upstream;
 
 use std::fmt;
@@ -248,6 +249,14 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
         layer = layer.model_probes(ModelProbes::new(upstream.clone()).interval(interval));
     }
     let layer = layer.build().map_err(|e| fail("settings", e))?;
+    let (tracing, export) = match &settings.tracing {
+        Some(trace) => {
+            let (tracing, task) =
+                trace::start(trace).map_err(|e| fail("OTEL_EXPORTER_OTLP_ENDPOINT", e))?;
+            (tracing, Some(task))
+        }
+        None => (trace::Tracing::off(), None),
+    };
     let state = server::AppState {
         source: source.clone(),
         prometheus,
@@ -257,6 +266,7 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
     let app = server::app(
         state,
         layer.layer(upstream),
+        tracing,
         &settings.inbound_keys,
         settings.client.max_in_flight,
         &settings.cors_origins,
@@ -279,14 +289,22 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
     let (stop, stopped) = watch::channel(false);
     let builder = serve::builder(&settings.client);
     let limits = serve::ConnLimits::from(&settings.client);
-    let task = tokio::spawn(serve::serve(
+    let serving = serve::serve(
         listener,
         app,
         builder,
         limits,
         stopped,
         settings.drain_timeout,
-    ));
+    );
+    let task = tokio::spawn(async move {
+        let served = serving.await;
+        // Drained: the spans still queued go to the collector.
+        if let Some(export) = export {
+            export.finish().await;
+        }
+        served
+    });
     Ok(Running { addr, stop, task })
 }
 

@@ -23,6 +23,7 @@ use crate::serve::Guarded;
 use crate::settings::Secret;
 use crate::status;
 use crate::timing::{RequestClock, Timings};
+use crate::trace::Tracing;
 use crate::upstream::Upstream;
 
 /// The request-id header.
@@ -48,6 +49,7 @@ pub(crate) struct AppState {
 pub(crate) fn app(
     state: AppState,
     routed: TierRouting<Upstream>,
+    tracing: Tracing,
     keys: &[Secret],
     max_in_flight: usize,
     cors_origins: &[String],
@@ -58,6 +60,7 @@ pub(crate) fn app(
             max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
         )),
         timings: state.timings.clone(),
+        tracing,
     };
     // The routed paths' `POST`s never reach the router (see `Dispatch`):
     // it answers their other methods.
@@ -191,6 +194,7 @@ struct Answered {
     routed: TierRouting<Upstream>,
     admission: Arc<Semaphore>,
     timings: Arc<Timings>,
+    tracing: Tracing,
 }
 
 impl tower::Service<Request> for Answered {
@@ -211,7 +215,8 @@ impl tower::Service<Request> for Answered {
                 response: Some(overloaded()),
             };
         };
-        let clock = RequestClock::start(&mut request, &self.timings);
+        let span = self.tracing.start_request(&mut request);
+        let clock = RequestClock::start(&mut request, &self.timings, span);
         // `TierRouting` is always ready: its readiness is driven inside
         // each request's future.
         AnsweredFuture::Routing {

@@ -291,6 +291,8 @@ pub struct Settings {
     pub model_probe_interval: Option<Duration>,
     /// Log level.
     pub log: String,
+    /// OpenTelemetry traces; `None`: off (no endpoint set).
+    pub tracing: Option<crate::trace::TraceSettings>,
 }
 
 /// A setting that cannot be used; the message names it.
@@ -298,7 +300,7 @@ pub struct Settings {
 pub struct SettingsError(String);
 
 impl SettingsError {
-    fn new(setting: &str, problem: impl fmt::Display) -> Self {
+    pub(crate) fn new(setting: &str, problem: impl fmt::Display) -> Self {
         SettingsError(format!("{setting}: {problem}"))
     }
 }
@@ -410,7 +412,7 @@ struct FileProvider {
 pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
 /// Reads `name` from the environment source; empty counts as unset.
-fn var(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+pub(crate) fn var(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
     env(name).filter(|v| !v.trim().is_empty())
 }
 
@@ -855,6 +857,7 @@ impl Settings {
             health,
             model_probe_interval,
             log,
+            tracing: crate::trace::TraceSettings::load(env)?,
         };
         settings.check_exposure()?;
         Ok(settings)

@@ -25,7 +25,7 @@ use crate::recent::Minute;
 use crate::server::AppState;
 
 /// How often the status page reloads itself, in seconds.
-pub const REFRESH_SECONDS: u32 = 5;
+pub(crate) const REFRESH_SECONDS: u32 = 5;
 
 /// The routing state and where its config came from, taken once per read.
 struct View {

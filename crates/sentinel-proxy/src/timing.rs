@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::metrics as m;
 use crate::recent::Recent;
+use crate::trace::SharedSpan;
 
 /// The time a routed request spent waiting on providers, summed over its
 /// attempts (a request extension, shared by the attempts).
@@ -90,17 +91,25 @@ pub(crate) struct RequestClock {
     arrival: Instant,
     wait: UpstreamWait,
     timings: Arc<Timings>,
+    /// The request's server span (tracing on, sampled).
+    span: Option<SharedSpan>,
 }
 
 impl RequestClock {
     /// Starts the clock of `request`, giving it the wait its attempts add to.
-    pub(crate) fn start<B>(request: &mut http::Request<B>, timings: &Arc<Timings>) -> Self {
+    /// `span` is its server span, when traced.
+    pub(crate) fn start<B>(
+        request: &mut http::Request<B>,
+        timings: &Arc<Timings>,
+        span: Option<SharedSpan>,
+    ) -> Self {
         let wait = UpstreamWait::default();
         request.extensions_mut().insert(wait.clone());
         RequestClock {
             arrival: Instant::now(),
             wait,
             timings: timings.clone(),
+            span,
         }
     }
 
@@ -139,11 +148,15 @@ impl RequestClock {
                 "provider" => provider,
                 "status" => status)
         });
+        if let Some(span) = &self.span {
+            span.answered(decision, response.status());
+        }
         let end = End {
             duration,
             tier: decision.map(|d| d.tier),
             error: !response.status().is_success(),
             timings: self.timings,
+            span: self.span,
         };
         response.map(|inner| Timed {
             inner,
@@ -163,10 +176,14 @@ struct End {
     /// Not answered `2xx`.
     error: bool,
     timings: Arc<Timings>,
+    span: Option<SharedSpan>,
 }
 
 impl End {
     fn record(self, arrival: Instant) {
+        if let Some(span) = &self.span {
+            span.end();
+        }
         let elapsed = arrival.elapsed();
         self.duration.record(elapsed.as_secs_f64());
         if let Some(tier) = self.tier {
@@ -292,7 +309,7 @@ mod tests {
 
         let mut request = http::Request::new(());
         let timings = Arc::default();
-        let clock = RequestClock::start(&mut request, &timings);
+        let clock = RequestClock::start(&mut request, &timings, None);
         let wait = request.extensions().get::<UpstreamWait>().unwrap().clone();
         // 10 ms in Sentinel, then 200 ms waiting on the provider.
         tokio::time::advance(Duration::from_millis(10)).await;
@@ -336,7 +353,7 @@ mod tests {
         let _guard = metrics::set_default_local_recorder(&recorder);
 
         let mut request = http::Request::new(());
-        let clock = RequestClock::start(&mut request, &Arc::default());
+        let clock = RequestClock::start(&mut request, &Arc::default(), None);
         let mut response = Response::new(http_body_util::Full::new(Bytes::from("{}")));
         response.extensions_mut().insert(decision(false));
         let timed = clock.answered(response).into_body();

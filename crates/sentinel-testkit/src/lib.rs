@@ -5,6 +5,7 @@
 //! | [`RedisServer`] | a real `redis-server` child process on a free port, with stop / restart |
 //! | [`MockZion`] | the Zion control plane serving `GET /api/v1/tiers/config`, with faults |
 //! | [`MockUpstream`] | an OpenAI-compatible provider answering as the requested model, with per-model faults |
+//! | [`MockCollector`] | an OpenTelemetry collector receiving OTLP traces over HTTP or gRPC, with faults |
 //! | [`ClosedPort`] | a loopback address where nothing listens, held so that nothing will |
 //!
 //! Every instance binds its own port on `127.0.0.1` (never a fixed one) and
@@ -42,6 +43,7 @@
 //! ```
 
 mod closed_port;
+pub mod collector;
 pub mod metrics;
 pub mod redis;
 mod server;
@@ -51,6 +53,7 @@ pub mod zion;
 pub mod hostile;
 
 pub use closed_port::ClosedPort;
+pub use collector::{CollectedSpan, CollectorFault, MockCollector};
 pub use redis::{RedisServer, RespValue};
 pub use upstream::{MockUpstream, RecordedRequest, RetryAfter, UpstreamFault};
 pub use zion::{MockZion, ZionFault};

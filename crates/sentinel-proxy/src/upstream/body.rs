@@ -201,7 +201,7 @@ impl<B> UpstreamBody<B> {
     pub(super) fn abandon(&mut self) {
         self.done = true;
         if let Some(mut usage) = self.usage.take() {
-            usage.abandon();
+            usage.abandon("first_token");
         }
     }
 }
@@ -361,7 +361,7 @@ where
         };
         *this.done = true;
         if let Some(mut usage) = this.usage.take() {
-            usage.abandon();
+            usage.abandon(failure);
         }
         ::metrics::counter!(m::STREAM_ERRORS, "reason" => failure).increment(1);
         tracing::warn!(reason = failure, "upstream response body ended abnormally");

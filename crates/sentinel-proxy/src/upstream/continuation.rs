@@ -62,6 +62,8 @@ pub(crate) struct Resume {
     rest: Box<str>,
     hide_usage: bool,
     transcript: Transcript,
+    /// The request's trace: the continuation is one more attempt of it.
+    trace: Option<crate::trace::RequestTrace>,
 }
 
 impl Resume {
@@ -75,6 +77,7 @@ impl Resume {
         method: Method,
         rest: &str,
         hide_usage: bool,
+        trace: Option<crate::trace::RequestTrace>,
     ) -> Box<Resume> {
         Box::new(Resume {
             upstream,
@@ -84,6 +87,7 @@ impl Resume {
             rest: rest.into(),
             hide_usage,
             transcript: Transcript::default(),
+            trace,
         })
     }
 
@@ -117,6 +121,7 @@ impl Resume {
             method,
             rest,
             hide_usage,
+            trace,
             ..
         } = *self;
         let tier = handle.decision().tier;
@@ -148,6 +153,7 @@ impl Resume {
             resume: None,
             // After the head: the request's overhead is already counted.
             wait: None,
+            trace,
         };
         let sent = upstream
             .send(&decision, target, method, uri, headers, body, plan)

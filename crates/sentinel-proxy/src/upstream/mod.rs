@@ -49,6 +49,7 @@ use crate::metrics as m;
 use crate::settings::Provider;
 use crate::sse;
 use crate::timing::UpstreamWait;
+use crate::trace::RequestTrace;
 use sentinel_layer::metrics::HandleCache;
 
 mod body;
@@ -100,6 +101,9 @@ struct BodyPlan {
     /// Where the time spent waiting on the provider goes (the overhead
     /// histogram's subtrahend).
     wait: Option<UpstreamWait>,
+    /// The request's trace (tracing on): the attempt's client span and
+    /// the `traceparent` it sends.
+    trace: Option<RequestTrace>,
 }
 
 /// Whether a streamed chat answer that breaks after its head is continued
@@ -352,6 +356,7 @@ impl Upstream {
         // A streamed chat answer that breaks after its head is continued on
         // the next model, while the request's retry is unused. It keeps the
         // client's headers (no copy: they are not needed past this point).
+        let trace = extensions.get::<RequestTrace>().cloned();
         let resume = if chat && decision.stream && self.0.continuation == StreamContinuation::On {
             Continuation::of(&extensions).map(|handle| {
                 Resume::new(
@@ -361,6 +366,7 @@ impl Upstream {
                     method.clone(),
                     rest,
                     hide_usage,
+                    trace.clone(),
                 )
             })
         } else {
@@ -372,6 +378,7 @@ impl Upstream {
             report,
             resume,
             wait: extensions.get::<UpstreamWait>().cloned(),
+            trace,
         };
         self.send(decision, target, method, upstream_uri, headers, bytes, plan)
             .await
@@ -398,6 +405,11 @@ impl Upstream {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
+        // Tracing on: the attempt's `traceparent` replaces the client's.
+        let mut span = plan
+            .trace
+            .as_ref()
+            .and_then(|t| t.attempt(decision, &uri, &mut headers));
         let mut request = Request::new(Full::new(bytes));
         *request.method_mut() = method;
         *request.uri_mut() = uri;
@@ -416,14 +428,32 @@ impl Upstream {
         let response = match tokio::time::timeout_at(deadline, self.0.client.request(request)).await
         {
             Err(_) => {
-                return Err(UpstreamError::timeout(format!(
-                    "no response head within the {what} timeout"
-                )));
+                let message = format!("no response head within the {what} timeout");
+                if let Some(span) = span {
+                    span.failed("timeout", message.clone());
+                }
+                return Err(UpstreamError::timeout(message));
             }
-            Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::connect(e)),
-            Ok(Err(e)) => return Err(UpstreamError::other(e)),
+            Ok(Err(e)) => {
+                let connect = e.is_connect();
+                if let Some(span) = span {
+                    let kind = if connect { "connect" } else { "transport" };
+                    span.failed(
+                        kind,
+                        "the provider could not be reached or broke the connection",
+                    );
+                }
+                return Err(if connect {
+                    UpstreamError::connect(e)
+                } else {
+                    UpstreamError::other(e)
+                });
+            }
             Ok(Ok(response)) => response,
         };
+        if let Some(span) = span.as_mut() {
+            span.head(response.status());
+        }
         self.0
             .first_byte
             .get(&(decision.provider.clone(), decision.model.clone()), || {
@@ -473,6 +503,8 @@ impl Upstream {
             // A stream's usage counts once its head goes to the client (a
             // client that leaves during the first-token wait got nothing).
             finished: answer,
+            // The span ends with the answer's body.
+            trace: span.take(),
         });
         let mut body = UpstreamBody {
             inner: body,

@@ -81,12 +81,19 @@ pub(super) struct Usage {
     pub(super) overflow: bool,
     pub(super) found: Option<(u64, u64)>,
     pub(super) finished: bool,
+    /// The attempt's client span (tracing on, sampled): it ends with the
+    /// body and carries the usage.
+    pub(super) trace: Option<crate::trace::AttemptSpan>,
 }
 
 impl Usage {
-    /// Drops the usage of a body that broke: nothing is recorded.
-    pub(super) fn abandon(&mut self) {
+    /// Drops the usage of a body that broke (`reason`): nothing is
+    /// recorded, and the attempt's span says why it failed.
+    pub(super) fn abandon(&mut self, reason: &'static str) {
         self.finished = true;
+        if let Some(trace) = self.trace.as_mut() {
+            trace.broke(reason);
+        }
     }
 
     pub(super) fn feed(&mut self, data: &Bytes) {
@@ -154,6 +161,9 @@ impl Usage {
             self.counters.missing.increment(1);
             return;
         };
+        if let Some(trace) = self.trace.as_mut() {
+            trace.usage(input, output);
+        }
         self.counters.input.increment(input);
         self.counters.output.increment(output);
         if let Some(p) = self.pricing {
@@ -226,7 +236,7 @@ mod tests {
             usage.feed(&Bytes::copy_from_slice(&stream.as_bytes()[..split]));
             usage.feed(&Bytes::copy_from_slice(&stream.as_bytes()[split..]));
             assert_eq!(usage.found, Some((4, 6)), "split at {split}");
-            usage.abandon();
+            usage.abandon("broken");
         }
     }
 
@@ -244,6 +254,7 @@ mod tests {
             overflow: false,
             found: None,
             finished: false,
+            trace: None,
         }
     }
 
@@ -299,7 +310,7 @@ mod tests {
                 start = cut;
             }
             proptest::prop_assert_eq!(usage.found, Some((prompt, completion)));
-            usage.abandon();
+            usage.abandon("broken");
         }
     }
 
