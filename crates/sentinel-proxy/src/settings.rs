@@ -92,6 +92,18 @@ SETTINGS (environment variable / file key: meaning [default])
                                                 time between probes of an open model [10]
   SENTINEL_LOG / log                            log level: error, warn, info, debug, trace [info]
 
+TRACES (OpenTelemetry's variables, environment only; off without an endpoint)
+  OTEL_EXPORTER_OTLP_ENDPOINT                   collector base URL (HTTP: + /v1/traces) [unset: off]
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT            the traces endpoint, used as it is [unset]
+  OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL          http/protobuf or grpc [http/protobuf]
+  OTEL_EXPORTER_OTLP_[TRACES_]HEADERS           key=value,... sent with exports (never shown) [unset]
+  OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT           one export's bound, ms [10000]
+  OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES   the resource [sentinel-proxy]
+  OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG  sampler and ratio [parentbased_always_on]
+  OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_SCHEDULE_DELAY
+                                                queue (drops past it), batch, delay ms [2048, 512, 5000]
+  OTEL_SDK_DISABLED                             true: off [unset]
+
 FILE ONLY
   [providers.NAME] base_url = \"...\", api_key_env = \"VAR\"
                    an OpenAI-compatible provider Zion may name; its key is read from VAR

@@ -185,7 +185,7 @@ fn ratio(env: &dyn Fn(&str) -> Option<String>) -> Result<f64, SettingsError> {
     }
 }
 
-fn millis(
+fn whole_number(
     env: &dyn Fn(&str) -> Option<String>,
     name: &str,
     default: u64,
@@ -266,7 +266,7 @@ impl TraceSettings {
         }
         let timeout = match otlp_var(env, "TIMEOUT") {
             None => 10_000,
-            Some((_, name)) => millis(env, &name, 10_000, 1..=600_000)?,
+            Some((_, name)) => whole_number(env, &name, 10_000, 1..=600_000)?,
         };
         let sampler = match var(env, "OTEL_TRACES_SAMPLER").as_deref().map(str::trim) {
             None | Some("parentbased_always_on") => Sampler::ParentBased(Root::AlwaysOn),
@@ -296,9 +296,9 @@ impl TraceSettings {
             .map(|v| v.trim().to_owned())
             .or(listed_name)
             .unwrap_or_else(|| "sentinel-proxy".to_owned());
-        let max_queue = millis(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048, 1..=1_000_000)?;
-        let max_batch = millis(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, 1..=1_000_000)?;
-        let schedule_delay = millis(env, "OTEL_BSP_SCHEDULE_DELAY", 5000, 1..=600_000)?;
+        let max_queue = whole_number(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048, 1..=1_000_000)?;
+        let max_batch = whole_number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, 1..=1_000_000)?;
+        let schedule_delay = whole_number(env, "OTEL_BSP_SCHEDULE_DELAY", 5000, 1..=600_000)?;
         let usize_of = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Ok(Some(TraceSettings {
             endpoint,
