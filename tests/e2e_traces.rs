@@ -358,3 +358,35 @@ async fn a_failing_or_stalled_collector_costs_requests_nothing_and_drops_are_cou
     assert!(dropped(&text, "queue_full") >= before + 18.0, "{text}");
     proxy.shutdown();
 }
+
+#[tokio::test]
+async fn two_traceparents_start_a_new_trace_and_leave_the_tracestate_behind() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let collector = MockCollector::start_http().await.unwrap();
+    let proxy = Proxy::start(&traced(Env::new(&upstream), &collector)).await;
+    let (first, first_trace, _) = client_traceparent();
+    let (second, second_trace, _) = client_traceparent();
+    let reply = support::Reply::read(
+        proxy
+            .post_json("/v1/chat/completions", &support::chat_body(Some("simple")))
+            .header("traceparent", &first)
+            .header("traceparent", &second)
+            .header("tracestate", "vendor=of-the-parent")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let sent = upstream.requests();
+    let headers = &sent.last().unwrap().headers;
+    let passed = headers["traceparent"].to_str().unwrap().to_owned();
+    let trace = passed.split('-').nth(1).unwrap().to_owned();
+    assert_ne!(trace, first_trace);
+    assert_ne!(trace, second_trace);
+    assert!(headers.get("tracestate").is_none(), "{headers:?}");
+    let spans = spans_of(&collector, &trace, 2).await;
+    let server = spans.iter().find(|s| s.is_server()).unwrap();
+    assert_eq!(server.parent_span_id(), "", "a root span");
+    proxy.stop().await;
+}

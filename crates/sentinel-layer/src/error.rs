@@ -39,6 +39,9 @@ pub enum ErrorCode {
     ModelNotAllowed,
     /// 400: a bad `X-Sentinel-Session`.
     InvalidSession,
+    /// 400: the chosen model's provider does not serve this route (the
+    /// Responses API on an Anthropic model).
+    UnsupportedRoute,
     /// 401: the inbound key is missing or wrong.
     InvalidApiKey,
     /// 404: a `/v1/` path Sentinel does not serve.
@@ -75,7 +78,8 @@ impl ErrorCode {
             | ErrorCode::InvalidTier
             | ErrorCode::ConflictingTier
             | ErrorCode::ModelNotAllowed
-            | ErrorCode::InvalidSession => StatusCode::BAD_REQUEST,
+            | ErrorCode::InvalidSession
+            | ErrorCode::UnsupportedRoute => StatusCode::BAD_REQUEST,
             ErrorCode::InvalidApiKey => StatusCode::UNAUTHORIZED,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -100,6 +104,7 @@ impl ErrorCode {
             ErrorCode::ConflictingTier => "conflicting_tier",
             ErrorCode::ModelNotAllowed => "model_not_allowed",
             ErrorCode::InvalidSession => "invalid_session",
+            ErrorCode::UnsupportedRoute => "unsupported_route",
             ErrorCode::InvalidApiKey => "invalid_api_key",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",

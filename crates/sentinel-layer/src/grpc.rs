@@ -26,7 +26,7 @@ pub(crate) fn status_code(code: ErrorCode) -> u16 {
         // UNAUTHENTICATED
         ErrorCode::InvalidApiKey => 16,
         // UNIMPLEMENTED
-        ErrorCode::NotFound | ErrorCode::MethodNotAllowed => 12,
+        ErrorCode::NotFound | ErrorCode::MethodNotAllowed | ErrorCode::UnsupportedRoute => 12,
         // RESOURCE_EXHAUSTED
         ErrorCode::BodyTooLarge | ErrorCode::Overloaded | ErrorCode::RateLimited => 8,
         // DEADLINE_EXCEEDED

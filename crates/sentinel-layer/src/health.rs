@@ -65,7 +65,10 @@ pub trait HealthClient: Send + Sync + 'static {
 pub struct HealthTarget {
     provider: Arc<str>,
     base_url: String,
-    authorization: Option<HeaderValue>,
+    /// Sent with every probe: the provider's key, as it takes it.
+    headers: http::HeaderMap,
+    /// The path probed, when the checks' own does not fit this provider.
+    path: Option<String>,
 }
 
 impl fmt::Debug for HealthTarget {
@@ -100,6 +103,20 @@ impl HealthTarget {
                 Some(value)
             }
         };
+        let mut headers = http::HeaderMap::new();
+        if let Some(auth) = authorization {
+            headers.insert(header::AUTHORIZATION, auth);
+        }
+        HealthTarget::with_headers(provider, base_url, headers)
+    }
+
+    /// Probes `provider` at `base_url` with `headers` (its key as it takes
+    /// it: `api-key`, `x-api-key`, ...; mark them sensitive).
+    pub fn with_headers(
+        provider: impl Into<Arc<str>>,
+        base_url: &str,
+        headers: http::HeaderMap,
+    ) -> Result<Self, InvalidConfig> {
         let base_url = base_url.trim_end_matches('/').to_owned();
         if base_url.parse::<Uri>().is_err() {
             return Err(InvalidConfig::new("a provider base URL is not a valid URL"));
@@ -107,17 +124,24 @@ impl HealthTarget {
         Ok(HealthTarget {
             provider: provider.into(),
             base_url,
-            authorization,
+            headers,
+            path: None,
         })
     }
 
+    /// Probes this provider at `path` (under its base URL, query allowed)
+    /// instead of the checks' path: for a provider whose API differs.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
     fn request(&self, path: &str) -> Option<Request<()>> {
+        let path = self.path.as_deref().unwrap_or(path);
         let uri: Uri = format!("{}{path}", self.base_url).parse().ok()?;
-        let mut builder = Request::get(uri);
-        if let Some(auth) = &self.authorization {
-            builder = builder.header(header::AUTHORIZATION, auth.clone());
-        }
-        builder.body(()).ok()
+        let mut request = Request::get(uri).body(()).ok()?;
+        *request.headers_mut() = self.headers.clone();
+        Some(request)
     }
 }
 

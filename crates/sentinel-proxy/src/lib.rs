@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+mod anthropic;
 pub mod demo;
 pub mod metrics;
 mod recent;
@@ -215,10 +216,17 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
     if settings.health.enabled {
         let mut targets = Vec::new();
         for p in settings.providers.values() {
-            let key = p.api_key.as_ref().map(settings::Secret::expose);
+            // The provider's key and headers as its requests carry them,
+            // and the path its API lists models at.
+            let target = upstream::Target::of(p).map_err(|e| fail("providers", e))?;
             targets.push(
-                HealthTarget::new(p.name.clone(), &p.base_url, key)
-                    .map_err(|e| fail("providers", e))?,
+                HealthTarget::with_headers(
+                    p.name.clone(),
+                    target.base_url(),
+                    target.headers.clone(),
+                )
+                .map_err(|e| fail("providers", e))?
+                .path(target.health_path(&settings.health.path)),
             );
         }
         let checks = HealthChecks::new(targets, UpstreamProbe(client.clone()))

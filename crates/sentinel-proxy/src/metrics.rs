@@ -12,8 +12,9 @@
 //! | `sentinel_request_duration_seconds` | histogram | `tier`, `model`, `provider`, `status` | routed requests, from arrival to the last byte sent (streams included; a client that leaves ends it); `none` labels for a request no model answered |
 //! | `sentinel_upstream_first_byte_seconds` | histogram | `model`, `provider` | each attempt, from sending the request to the provider's response head |
 //! | `sentinel_time_to_first_token_seconds` | histogram | `tier`, `model`, `provider` | streamed answers, from arrival to the first content chunk handed to the client |
+//! | `sentinel_untranslated_route_total` | counter | `provider` | `/v1/responses` requests whose chosen model's provider does not take them (Anthropic), answered `400` |
 //! | `sentinel_trace_spans_exported_total` | counter | | spans sent to the OpenTelemetry collector (tracing on) |
-//! | `sentinel_trace_spans_dropped_total` | counter | `reason` (`queue_full`, `export_failed`) | spans lost: the export queue was full when they ended, or their batch's export failed or timed out |
+//! | `sentinel_trace_spans_dropped_total` | counter | `reason` (`queue_full`, `export_failed`, `shutdown`) | spans lost: the export queue was full when they ended, their batch's export failed or timed out, or they ended after the exporter stopped |
 //! | `sentinel_overhead_seconds` | histogram | `tier` | routed requests, time spent in Sentinel itself: arrival to the response head going out, minus the time spent waiting on providers for the attempts' heads (and a stream's first token) |
 //!
 //! The layer's and the cache's metrics are documented in
@@ -54,6 +55,8 @@ pub const UPSTREAM_FIRST_BYTE: &str = "sentinel_upstream_first_byte_seconds";
 pub const TIME_TO_FIRST_TOKEN: &str = "sentinel_time_to_first_token_seconds";
 /// Time spent in Sentinel itself per routed request.
 pub const OVERHEAD: &str = "sentinel_overhead_seconds";
+/// Requests of a route not translated for the chosen model's provider.
+pub const UNTRANSLATED_ROUTE: &str = "sentinel_untranslated_route_total";
 /// Spans sent to the collector.
 pub const TRACE_SPANS_EXPORTED: &str = "sentinel_trace_spans_exported_total";
 /// Spans lost, by reason.

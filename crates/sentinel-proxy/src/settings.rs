@@ -156,23 +156,86 @@ impl From<&str> for Secret {
     }
 }
 
-/// An OpenAI-compatible provider.
+/// The API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI's API (and every compatible one): requests pass as they are.
+    #[default]
+    Openai,
+    /// Anthropic's Messages API: chat completions are translated both ways.
+    Anthropic,
+}
+
+impl ProviderKind {
+    /// `openai` or `anthropic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// How an OpenAI-compatible provider takes its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthStyle {
+    /// `Authorization: Bearer KEY` (OpenAI and most others).
+    #[default]
+    Bearer,
+    /// `api-key: KEY` (Azure OpenAI).
+    ApiKey,
+}
+
+/// A provider Sentinel can send requests to.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Provider {
     /// The name Zion and the tier config use.
     pub name: String,
-    /// Its base URL, e.g. `https://api.openai.com/v1`.
+    /// The API it speaks.
+    pub kind: ProviderKind,
+    /// Its base URL, e.g. `https://api.openai.com/v1`, or
+    /// `https://api.anthropic.com` for Anthropic (no `/v1`, as its SDKs).
     pub base_url: String,
     /// Its key.
     pub api_key: Option<Secret>,
+    /// How an OpenAI-compatible provider takes its key (Anthropic's is
+    /// always `x-api-key`).
+    pub auth: AuthStyle,
+    /// Query parameters added to every request (Azure's `api-version`).
+    pub query: Vec<(String, String)>,
+    /// Headers added to every request.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Provider {
+    /// An OpenAI-compatible provider with a bearer key and nothing extra.
+    pub fn openai(name: &str, base_url: &str, api_key: Option<Secret>) -> Self {
+        Provider {
+            name: name.to_owned(),
+            kind: ProviderKind::Openai,
+            base_url: base_url.to_owned(),
+            api_key,
+            auth: AuthStyle::Bearer,
+            query: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
 }
 
 impl fmt::Debug for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Extra headers may carry keys: only their names are shown.
+        let header_names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
         f.debug_struct("Provider")
             .field("name", &self.name)
+            .field("kind", &self.kind)
             .field("base_url", &redact_url(&self.base_url))
             .field("api_key", &self.api_key)
+            .field("auth", &self.auth)
+            .field("query", &self.query)
+            .field("headers", &header_names)
             .finish()
     }
 }
@@ -416,12 +479,20 @@ struct FileCors {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileProvider {
+    kind: Option<ProviderKind>,
     base_url: Option<String>,
     api_key_env: Option<String>,
+    auth: Option<AuthStyle>,
+    #[serde(default)]
+    query: BTreeMap<String, String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
 }
 
 /// The default OpenAI base URL.
 pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+/// The default Anthropic base URL (no `/v1`: the SDKs' convention).
+pub const ANTHROPIC_DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 
 /// Reads `name` from the environment source; empty counts as unset.
 pub(crate) fn var(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
@@ -561,11 +632,35 @@ impl Settings {
             }
             let key_setting = format!("providers.{name}.api_key_env");
             let base_setting = format!("providers.{name}.base_url");
+            // `openai` and `anthropic` are of their own kind unless told.
+            let kind = p.kind.unwrap_or(match name.as_str() {
+                "anthropic" => ProviderKind::Anthropic,
+                _ => ProviderKind::Openai,
+            });
             let base_url = match (&p.base_url, name.as_str()) {
                 (Some(b), _) => url(&base_setting, b)?,
                 (None, "openai") => OPENAI_DEFAULT_BASE_URL.to_owned(),
+                (None, "anthropic") => ANTHROPIC_DEFAULT_BASE_URL.to_owned(),
                 (None, _) => return Err(SettingsError::new(&base_setting, "is required")),
             };
+            if kind == ProviderKind::Anthropic && p.auth.is_some() {
+                return Err(SettingsError::new(
+                    &format!("providers.{name}.auth"),
+                    "an anthropic provider always sends its key as x-api-key",
+                ));
+            }
+            for (key, value) in &p.headers {
+                let setting = format!("providers.{name}.headers");
+                let name_ok = http::HeaderName::try_from(key.as_str()).is_ok();
+                if !name_ok || http::HeaderValue::try_from(value.as_str()).is_err() {
+                    return Err(SettingsError::new(
+                        &setting,
+                        format!(
+                            "`{key}` is not a header name, or its value cannot go into a header"
+                        ),
+                    ));
+                }
+            }
             let api_key = match &p.api_key_env {
                 Some(var_name) => {
                     if var_name.trim().is_empty() {
@@ -579,23 +674,39 @@ impl Settings {
                 name.clone(),
                 Provider {
                     name: name.clone(),
+                    kind,
                     base_url,
                     api_key,
+                    auth: p.auth.unwrap_or_default(),
+                    query: p.query.clone().into_iter().collect(),
+                    headers: p.headers.clone().into_iter().collect(),
                 },
             );
         }
         let openai = providers
             .entry("openai".into())
-            .or_insert_with(|| Provider {
-                name: "openai".into(),
-                base_url: OPENAI_DEFAULT_BASE_URL.into(),
-                api_key: None,
-            });
+            .or_insert_with(|| Provider::openai("openai", OPENAI_DEFAULT_BASE_URL, None));
         if let Some(base) = var(env, "OPENAI_BASE_URL") {
             openai.base_url = url("OPENAI_BASE_URL", &base)?;
         }
         if let Some(key) = var(env, "OPENAI_API_KEY") {
             openai.api_key = Some(Secret(key.trim().to_owned()));
+        }
+        // `anthropic` is known when its key is set (or the file declares it).
+        let anthropic_key = var(env, "ANTHROPIC_API_KEY");
+        if anthropic_key.is_some() || providers.contains_key("anthropic") {
+            let anthropic = providers
+                .entry("anthropic".into())
+                .or_insert_with(|| Provider {
+                    kind: ProviderKind::Anthropic,
+                    ..Provider::openai("anthropic", ANTHROPIC_DEFAULT_BASE_URL, None)
+                });
+            if let Some(base) = var(env, "ANTHROPIC_BASE_URL") {
+                anthropic.base_url = url("ANTHROPIC_BASE_URL", &base)?;
+            }
+            if let Some(key) = anthropic_key {
+                anthropic.api_key = Some(Secret(key.trim().to_owned()));
+            }
         }
 
         let tiers = match file.tiers {

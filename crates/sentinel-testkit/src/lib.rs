@@ -5,6 +5,7 @@
 //! | [`RedisServer`] | a real `redis-server` child process on a free port, with stop / restart |
 //! | [`MockZion`] | the Zion control plane serving `GET /api/v1/tiers/config`, with faults |
 //! | [`MockUpstream`] | an OpenAI-compatible provider answering as the requested model, with per-model faults |
+//! | [`MockAnthropic`] | Anthropic's Messages API answering as the requested model (text, tool use, streams), with per-model faults |
 //! | [`MockCollector`] | an OpenTelemetry collector receiving OTLP traces over HTTP or gRPC, with faults |
 //! | [`ClosedPort`] | a loopback address where nothing listens, held so that nothing will |
 //!
@@ -42,6 +43,7 @@
 //! }
 //! ```
 
+pub mod anthropic;
 mod closed_port;
 pub mod collector;
 pub mod metrics;
@@ -52,6 +54,7 @@ pub mod zion;
 
 pub mod hostile;
 
+pub use anthropic::{AnthropicFault, AnthropicRequest, MockAnthropic};
 pub use closed_port::ClosedPort;
 pub use collector::{CollectedSpan, CollectorFault, MockCollector};
 pub use redis::{RedisServer, RespValue};

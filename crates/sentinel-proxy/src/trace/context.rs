@@ -4,6 +4,8 @@ use http::HeaderValue;
 
 /// The header that carries a span's context between services.
 pub(crate) const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+/// The vendors' trace state that goes with `traceparent`.
+pub(crate) const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 /// A span's place in a trace: what `traceparent` carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,6 +26,8 @@ use crate::metrics as m;
 
 /// The gRPC method of OTLP's trace export.
 const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// The longest a shutdown waits for the last spans to go.
+pub(super) const FLUSH_BOUND: Duration = Duration::from_secs(5);
 /// The most of a collector's answer that is read.
 const ANSWER_CAP: usize = 64 << 10;
 
@@ -39,12 +41,14 @@ pub struct ExportTask {
 }
 
 impl ExportTask {
-    /// Sends the spans still queued (within the export timeout, and a
-    /// second) and stops the task.
+    /// Sends the spans still queued, within the export timeout and at
+    /// most 5 s, and stops the task (aborted past the bound).
     pub async fn finish(self) {
         let _ = self.stop.send(true);
-        let bound = self.timeout + Duration::from_secs(1);
+        let abort = self.task.abort_handle();
+        let bound = self.timeout.min(FLUSH_BOUND);
         if tokio::time::timeout(bound, self.task).await.is_err() {
+            abort.abort();
             tracing::warn!("the last trace export did not finish in time; its spans are lost");
         }
     }
@@ -97,6 +101,7 @@ pub fn start(
         sampler: settings.sampler,
         queue,
         dropped: ::metrics::counter!(m::TRACE_SPANS_DROPPED, "reason" => "queue_full"),
+        closed: ::metrics::counter!(m::TRACE_SPANS_DROPPED, "reason" => "shutdown"),
     });
     let exporter = Exporter {
         client,

@@ -37,7 +37,7 @@ mod span;
 pub use export::{ExportTask, start};
 pub use settings::{Protocol, Root, Sampler, TraceSettings};
 
-use context::{SpanContext, TRACEPARENT, new_span_id, new_trace_id};
+use context::{SpanContext, TRACEPARENT, TRACESTATE, new_span_id, new_trace_id};
 pub(crate) use span::SharedSpan;
 use span::{Span, SpanKind, SpanRecord};
 
@@ -91,13 +91,17 @@ pub(crate) struct Tracer {
     sampler: Sampler,
     queue: mpsc::Sender<SpanRecord>,
     dropped: ::metrics::Counter,
+    closed: ::metrics::Counter,
 }
 
 impl Tracer {
     /// Queues an ended span, or drops and counts it when the queue is full.
     fn export(&self, record: SpanRecord) {
-        if self.queue.try_send(record).is_err() {
-            self.dropped.increment(1);
+        match self.queue.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.dropped.increment(1),
+            // The exporter has stopped (the proxy is shutting down).
+            Err(mpsc::error::TrySendError::Closed(_)) => self.closed.increment(1),
         }
     }
 }
@@ -122,10 +126,16 @@ impl Tracing {
     /// `None` when tracing is off or the request is not sampled.
     pub(crate) fn start_request<B>(&self, request: &mut http::Request<B>) -> Option<SharedSpan> {
         let tracer = self.0.as_ref()?;
-        let parent = request
-            .headers()
-            .get(TRACEPARENT)
-            .and_then(SpanContext::from_traceparent);
+        // Exactly one valid `traceparent`, or the trace starts here (and
+        // the client's `tracestate`, which belongs to it, stays behind).
+        let mut values = request.headers().get_all(TRACEPARENT).iter();
+        let parent = match (values.next(), values.next()) {
+            (Some(value), None) => SpanContext::from_traceparent(value),
+            _ => None,
+        };
+        if parent.is_none() {
+            request.headers_mut().remove(TRACESTATE);
+        }
         let trace_id = parent.map_or_else(new_trace_id, |p| p.trace_id);
         let sampled = tracer.sampler.sample(parent.map(|p| p.sampled), &trace_id);
         let context = SpanContext {
@@ -245,6 +255,9 @@ impl RequestTrace {
             span,
             model: decision.model.clone(),
             server: self.server.clone(),
+            // A continuation answers in place of the attempt that broke.
+            continuation: (decision.reason == sentinel_layer::SelectionReason::Continuation)
+                .then(|| Box::new(decision.clone())),
         })
     }
 }
@@ -255,6 +268,9 @@ pub(crate) struct AttemptSpan {
     span: Span,
     model: Arc<str>,
     server: Option<SharedSpan>,
+    /// A continuation's decision: when it answers, the request's span
+    /// says so.
+    continuation: Option<Box<RoutingDecision>>,
 }
 
 impl AttemptSpan {
@@ -268,6 +284,12 @@ impl AttemptSpan {
         self.span.set(attr::STATUS_CODE, u32::from(status.as_u16()));
         if status.is_success() {
             self.span.set(attr::RESPONSE_MODEL, self.model.clone());
+            if let (Some(decision), Some(server)) = (&self.continuation, &self.server) {
+                server.with(|s| {
+                    routing_attributes(s, decision);
+                    s.set(attr::RESPONSE_MODEL, decision.model.clone());
+                });
+            }
         } else {
             self.span.fail(
                 status.as_str().to_owned(),
@@ -276,9 +298,12 @@ impl AttemptSpan {
         }
     }
 
-    /// The answer broke or stalled after its head.
-    pub(crate) fn broke(&mut self, description: &str) {
-        self.span.fail("stream_broken", description.to_owned());
+    /// The answer broke, stalled or carried the provider's error: `kind`
+    /// is its `error.type` (`first_token`, `timeout`, `broken`,
+    /// `idle_timeout`, `truncated`, `event_too_large`, `provider_error`).
+    pub(crate) fn broke(&mut self, kind: &'static str) {
+        self.span
+            .fail(kind, "the answer's body did not end as it should");
     }
 
     /// The answer's token usage, on this span and the request's.

@@ -98,7 +98,10 @@ impl std::fmt::Debug for TraceSettings {
         // The headers' values may be keys: only their names are shown.
         let header_names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
         f.debug_struct("TraceSettings")
-            .field("endpoint", &self.endpoint)
+            .field(
+                "endpoint",
+                &sentinel_core::redact::redact_url(&self.endpoint),
+            )
             .field("protocol", &self.protocol)
             .field("headers", &header_names)
             .field("timeout", &self.timeout)
@@ -145,6 +148,7 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'%'
             && let Some(hex) = s.get(i + 1..i + 3)
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
             && let Ok(b) = u8::from_str_radix(hex, 16)
         {
             out.push(b);

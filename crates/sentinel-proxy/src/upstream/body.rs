@@ -197,11 +197,12 @@ impl<B> UpstreamBody<B> {
         }
     }
 
-    /// Gives up on the body before the client saw it: no usage is recorded.
-    pub(super) fn abandon(&mut self) {
+    /// Gives up on the body before the client saw it (`why`: the trace's
+    /// `error.type`): no usage is recorded.
+    pub(super) fn abandon(&mut self, why: &'static str) {
         self.done = true;
         if let Some(mut usage) = self.usage.take() {
-            usage.abandon("first_token");
+            usage.abandon(why);
         }
     }
 }
@@ -322,6 +323,9 @@ where
                             if sse::carries_error(&out) {
                                 // The provider said it failed, in band.
                                 this.report.failed();
+                                if let Some(usage) = this.usage.as_mut() {
+                                    usage.provider_error();
+                                }
                             }
                             if let Some(resume) = this.resume.as_mut() {
                                 resume.sent(&out);

@@ -46,20 +46,25 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::metrics as m;
-use crate::settings::Provider;
+use crate::settings::{Provider, ProviderKind};
 use crate::sse;
 use crate::timing::UpstreamWait;
 use crate::trace::RequestTrace;
 use sentinel_layer::metrics::HandleCache;
 
+mod anthropic;
 mod body;
 mod client;
 mod continuation;
+mod target;
 mod timeout;
 mod usage;
 
 pub use client::{UpstreamClient, upstream_client};
+pub use target::InvalidProviderKey;
+pub(crate) use target::Target;
 
+use anthropic::ProviderBody;
 use body::{
     CLIENT_ERROR_BODY_CAP, Prefixed, Reported, UpstreamBody, client_error_to_read,
     is_context_length_exceeded, read_prefix,
@@ -67,20 +72,6 @@ use body::{
 use continuation::Resume;
 use timeout::TimeoutBody;
 use usage::{Usage, UsageCounterCache, usage_of};
-
-struct Target {
-    /// The base URL without its trailing `/`.
-    base_url: String,
-    authorization: Option<HeaderValue>,
-}
-
-impl Target {
-    /// The provider's URL for `rest`, the client's path without `/v1`.
-    fn uri(&self, rest: &str) -> Result<Uri, UpstreamError> {
-        Uri::try_from(format!("{}{rest}", self.base_url))
-            .map_err(|_| UpstreamError::other("the upstream URL is invalid"))
-    }
-}
 
 /// Whether a response is a server-sent event stream.
 fn is_event_stream(headers: &http::HeaderMap) -> bool {
@@ -128,30 +119,6 @@ pub struct Timeouts {
     pub stream_idle: Duration,
 }
 
-/// A provider's key cannot go into an `Authorization` header (a control
-/// character, say). The key itself is never shown.
-#[derive(Debug)]
-pub struct InvalidProviderKey {
-    provider: String,
-    source: http::header::InvalidHeaderValue,
-}
-
-impl std::fmt::Display for InvalidProviderKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the key of provider `{}` cannot go into a header",
-            self.provider
-        )
-    }
-}
-
-impl std::error::Error for InvalidProviderKey {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
-
 /// Forwards routed requests to providers.
 ///
 /// Cloning is one reference count: the layer's stack clones its inner
@@ -190,26 +157,7 @@ impl Upstream {
     ) -> Result<Self, InvalidProviderKey> {
         let mut targets = HashMap::new();
         for p in providers {
-            let authorization = match &p.api_key {
-                Some(key) => {
-                    let mut v = HeaderValue::try_from(format!("Bearer {}", key.expose())).map_err(
-                        |source| InvalidProviderKey {
-                            provider: p.name.clone(),
-                            source,
-                        },
-                    )?;
-                    v.set_sensitive(true);
-                    Some(v)
-                }
-                None => None,
-            };
-            targets.insert(
-                p.name.clone(),
-                Target {
-                    base_url: p.base_url.trim_end_matches('/').to_owned(),
-                    authorization,
-                },
-            );
+            targets.insert(p.name.clone(), Target::of(&p)?);
         }
         Ok(Upstream(Arc::new(Inner {
             client,
@@ -335,6 +283,18 @@ impl Upstream {
         // Streaming chat completions: ask for the usage chunk so costs can be
         // counted, and hide it from a client that did not ask for it.
         let chat = rest.ends_with("/chat/completions");
+        if !chat && target.kind == ProviderKind::Anthropic {
+            // Not translated yet (docs/configuration.md, "Anthropic
+            // providers"): the client's error, not the model's failure.
+            ::metrics::counter!(m::UNTRANSLATED_ROUTE, "provider" => decision.provider.to_string())
+                .increment(1);
+            let err = SentinelError::new(
+                ErrorCode::UnsupportedRoute,
+                "the Responses API is not served by Anthropic models yet: \
+                 use /v1/chat/completions, or a tier without them",
+            );
+            return Ok(err.into_response().map(Body::new));
+        }
         let api = if chat {
             sse::Api::Chat
         } else {
@@ -398,8 +358,18 @@ impl Upstream {
         bytes: Bytes,
         plan: BodyPlan,
     ) -> Result<Response<Body>, UpstreamError> {
-        if let Some(auth) = &target.authorization {
-            headers.insert(header::AUTHORIZATION, auth.clone());
+        // An Anthropic provider gets the request in its own API; one it
+        // cannot take is the client's error, answered here.
+        let (bytes, translated) = match target.kind {
+            ProviderKind::Openai => (bytes, None),
+            ProviderKind::Anthropic => match anthropic::request(&bytes) {
+                Ok((bytes, translated)) => (bytes, Some(translated)),
+                Err(refusal) => return Ok(anthropic::refused(refusal)),
+            },
+        };
+        // The provider's key, as it takes it, and its extra headers.
+        for (name, value) in &target.headers {
+            headers.insert(name.clone(), value.clone());
         }
         headers.insert(
             header::ACCEPT_ENCODING,
@@ -467,30 +437,47 @@ impl Upstream {
         for name in &DROPPED_RESPONSE_HEADERS {
             parts.headers.remove(name);
         }
-        if let Some(cap) = client_error_to_read(&parts) {
-            // Read it whole when it is small: a context-length failure is
-            // tried once more on a model with a larger window.
-            let read = tokio::time::timeout_at(deadline, read_prefix(body, cap)).await;
-            let Ok(Ok((bytes, rest))) = read else {
-                return Err(UpstreamError::other(
-                    "the provider's 400 answer broke before it was complete",
-                ));
-            };
-            let body = match rest {
-                None => {
-                    if is_context_length_exceeded(&bytes) {
-                        parts.extensions.insert(ContextLengthExceeded);
+        let body = match translated {
+            Some(translated) => {
+                match anthropic::answer(&mut parts, body, &translated, deadline).await {
+                    Ok(anthropic::Answer::Body(body)) => body,
+                    Ok(anthropic::Answer::Error(response)) => return Ok(response),
+                    Err(e) => {
+                        if let Some(span) = span {
+                            span.failed("translation", e.to_string());
+                        }
+                        return Err(e);
                     }
-                    Body::from(bytes)
                 }
-                // Longer than any error envelope: passed on as it is.
-                Some(rest) => Body::new(Prefixed {
-                    prefix: Some(bytes),
-                    rest,
-                }),
-            };
-            return Ok(Response::from_parts(parts, body));
-        }
+            }
+            None => {
+                if let Some(cap) = client_error_to_read(&parts) {
+                    // Read it whole when it is small: a context-length failure is
+                    // tried once more on a model with a larger window.
+                    let read = tokio::time::timeout_at(deadline, read_prefix(body, cap)).await;
+                    let Ok(Ok((bytes, rest))) = read else {
+                        return Err(UpstreamError::other(
+                            "the provider's 400 answer broke before it was complete",
+                        ));
+                    };
+                    let body = match rest {
+                        None => {
+                            if is_context_length_exceeded(&bytes) {
+                                parts.extensions.insert(ContextLengthExceeded);
+                            }
+                            Body::from(bytes)
+                        }
+                        // Longer than any error envelope: passed on as it is.
+                        Some(rest) => Body::new(Prefixed {
+                            prefix: Some(bytes),
+                            rest,
+                        }),
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
+                ProviderBody::passed(body)
+            }
+        };
         let sse = is_event_stream(&parts.headers);
         let answer = sse && parts.status.is_success();
         let usage = parts.status.is_success().then(|| Usage {
@@ -534,11 +521,11 @@ impl Upstream {
                     }
                 }
                 Ok(Err(reason)) => {
-                    body.abandon();
+                    body.abandon("first_token");
                     return Err(UpstreamError::other(reason));
                 }
                 Err(_) => {
-                    body.abandon();
+                    body.abandon("timeout");
                     return Err(UpstreamError::timeout(
                         "no first token within the first-token timeout",
                     ));
@@ -585,6 +572,7 @@ impl Upstream {
             .targets
             .get(provider)
             .ok_or_else(|| format!("unknown provider `{provider}`"))?;
+        // The same message in either API: `max_tokens` 1, one user turn.
         let body = serde_json::json!({
             "model": model,
             "messages": [{ "role": "user", "content": "ping" }],
@@ -592,8 +580,9 @@ impl Upstream {
         });
         let mut request = Request::new(Full::new(Bytes::from(body.to_string())));
         *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = Uri::try_from(format!("{}/chat/completions", target.base_url))?;
+        *request.uri_mut() = target.uri("/chat/completions")?;
         let headers = request.headers_mut();
+        *headers = target.headers.clone();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -602,9 +591,6 @@ impl Upstream {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
-        if let Some(auth) = &target.authorization {
-            headers.insert(header::AUTHORIZATION, auth.clone());
-        }
         let limit = self.0.timeouts.first_byte;
         let answer = tokio::time::timeout(limit, async {
             let response = self.0.client.request(request).await?;

@@ -87,6 +87,13 @@ pub(super) struct Usage {
 }
 
 impl Usage {
+    /// The provider said in band that the answer failed.
+    pub(super) fn provider_error(&mut self) {
+        if let Some(trace) = self.trace.as_mut() {
+            trace.broke("provider_error");
+        }
+    }
+
     /// Drops the usage of a body that broke (`reason`): nothing is
     /// recorded, and the attempt's span says why it failed.
     pub(super) fn abandon(&mut self, reason: &'static str) {
