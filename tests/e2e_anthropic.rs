@@ -328,6 +328,34 @@ async fn a_mixed_tier_splits_by_cost_and_retries_across_vendors() {
     assert_eq!(to_claude + to_gpt, 120);
     assert!(to_claude >= 1 && to_gpt >= 1, "{to_claude} / {to_gpt}");
 
+    // The Responses API is not translated: the layer keeps Anthropic
+    // models out of the choice there, so every such request goes to OpenAI.
+    let before = s.anthropic.requests().len();
+    for _ in 0..20 {
+        let reply = support::Reply::read(
+            s.proxy
+                .post_json(
+                    "/v1/responses",
+                    &json!({ "model": "simple", "input": "Hi" }),
+                )
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        reply.assert_served("simple", &gpt);
+    }
+    assert_eq!(s.anthropic.requests().len(), before);
+    let text = s.proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "sentinel_route_models_excluded_total",
+            &[("provider", "anthropic"), ("model", claude.as_str())]
+        ),
+        Some(1.0)
+    );
+
     // Anthropic overloaded (529): the request is retried on OpenAI.
     s.anthropic.set_fault(&claude, AnthropicFault::Status(529));
     let mut retried = 0;

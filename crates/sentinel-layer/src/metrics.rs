@@ -17,6 +17,7 @@
 //! | `sentinel_redis_fallbacks_total` | counter | `component` (`sessions`, `breakers`) | Redis calls that failed or timed out; the request went on without them |
 //! | `sentinel_redis_late_commands_total` | counter | `component` | Redis commands that reached Redis after their deadline and did nothing there (seen by a caller still waiting: a clock step between hosts) |
 //! | `sentinel_redis_stalls_total` | counter | `component` | Redis connections that did not answer a probe after a command was given up; closed and reopened |
+//! | `sentinel_route_models_excluded_total` | counter | `tier`, `provider`, `model` | models left out of the choice for a routed path whose requests their provider cannot serve ([`route_providers`](crate::TierRoutingLayerBuilder::route_providers)); counted once per config and path |
 //! | `sentinel_errors_total` | counter | `code` | responses Sentinel made itself, by error code |
 //!
 //! Call [`describe`] once after installing a recorder to attach the help texts.
@@ -47,6 +48,8 @@ pub const REDIS_LATE: &str = "sentinel_redis_late_commands_total";
 pub const REDIS_STALLS: &str = "sentinel_redis_stalls_total";
 /// Sentinel-made errors.
 pub const ERRORS: &str = "sentinel_errors_total";
+/// Models left out of the choice for a path their provider cannot serve.
+pub const ROUTE_MODELS_EXCLUDED: &str = "sentinel_route_models_excluded_total";
 
 /// Registers the help text of every metric above with the installed recorder.
 pub fn describe() {

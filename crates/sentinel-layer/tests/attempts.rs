@@ -169,3 +169,104 @@ async fn an_inner_service_that_fails_to_get_ready_is_not_retried() {
         "{chosen:?} was never chosen again: {models:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn route_providers_keeps_a_path_to_the_models_that_can_serve_it() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    // `other` serves chat completions only.
+    let layer = TierRoutingLayer::builder(two_models())
+        .route_providers(|path, provider| {
+            path.ends_with("/chat/completions") || provider != "other"
+        })
+        .build()
+        .unwrap();
+    let (mock, mut handle) = mock::pair::<Inner, Response<Full<Bytes>>>();
+    let service = layer.layer(mock);
+    let responses = |body: Value| {
+        Request::post("/v1/responses")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+
+    // `/v1/responses`: always `a`, and a failure of `a` is not retried on
+    // `b` (it cannot serve the path).
+    for answer in [200, 200, 200, 200, 503] {
+        let task = tokio::spawn(
+            service
+                .clone()
+                .oneshot(responses(json!({ "tier": "simple", "input": "hi" }))),
+        );
+        let (request, respond) = handle.next_request().await.unwrap();
+        let decision = request
+            .extensions()
+            .get::<RoutingDecision>()
+            .cloned()
+            .unwrap();
+        assert_eq!(&*decision.model, "a");
+        respond.send_response(
+            Response::builder()
+                .status(answer)
+                .body(Full::new(Bytes::from("{}")))
+                .unwrap(),
+        );
+        let response = task.await.unwrap().unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            if answer == 200 { 200 } else { 502 }
+        );
+    }
+    // Chat completions reach both models.
+    let mut models = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let task = tokio::spawn(
+            service
+                .clone()
+                .oneshot(chat(json!({ "tier": "simple", "messages": [] }))),
+        );
+        let (request, respond) = handle.next_request().await.unwrap();
+        models.insert(
+            request
+                .extensions()
+                .get::<RoutingDecision>()
+                .unwrap()
+                .model
+                .clone(),
+        );
+        respond.send_response(Response::new(Full::new(Bytes::from("{}"))));
+        assert_eq!(task.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(models.len(), 2, "{models:?}");
+    let counters = Counters::take(&snapshotter);
+    assert_eq!(
+        counters.get(
+            "sentinel_route_models_excluded_total",
+            &[("tier", "simple"), ("provider", "other"), ("model", "b")]
+        ),
+        1,
+        "counted once per config and path"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tier_with_no_model_for_the_path_is_a_clear_400() {
+    let layer = TierRoutingLayer::builder(two_models())
+        .route_providers(|path, _| path.ends_with("/chat/completions"))
+        .build()
+        .unwrap();
+    let (mock, _handle) = mock::pair::<Inner, Response<Full<Bytes>>>();
+    let response = layer
+        .layer(mock)
+        .oneshot(
+            Request::post("/v1/responses")
+                .body(Full::new(Bytes::from(r#"{"tier":"simple","input":"hi"}"#)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["code"], "unsupported_route");
+}

@@ -200,6 +200,19 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
         .body_timeout(settings.client.body_read_timeout)
         // Streams ask for their usage chunk, so their cost is counted.
         .stream_usage(true);
+    // Anthropic models serve chat completions only (the Responses API is
+    // not translated): the layer leaves them out of the choice elsewhere.
+    let anthropic: std::collections::HashSet<String> = settings
+        .providers
+        .values()
+        .filter(|p| p.kind == settings::ProviderKind::Anthropic)
+        .map(|p| p.name.clone())
+        .collect();
+    if !anthropic.is_empty() {
+        layer = layer.route_providers(move |path, provider| {
+            path.ends_with("/chat/completions") || !anthropic.contains(provider)
+        });
+    }
     layer = match &pool {
         Some(pool) => layer
             .session_store(RedisSessionStore::new(

@@ -31,6 +31,9 @@ SETTINGS (environment variable / file key: meaning [default])
                                                 tier-config cache TTL, 1..=31536000 [1800]
   OPENAI_BASE_URL / providers.openai.base_url   the openai provider's base URL [https://api.openai.com/v1]
   OPENAI_API_KEY (env only)                     the openai provider's key [unset]
+  ANTHROPIC_BASE_URL / providers.anthropic.base_url
+                                                the anthropic provider's base URL [https://api.anthropic.com]
+  ANTHROPIC_API_KEY (env only)                  the anthropic provider's key; set: the provider is known [unset]
   SENTINEL_API_KEYS (env only)                  comma-separated inbound keys guarding /v1/; unset: none [unset]
   SENTINEL_CONNECT_TIMEOUT_MS / upstream.connect_timeout_ms
                                                 upstream connect timeout [5000]
@@ -105,7 +108,8 @@ TRACES (OpenTelemetry's variables, environment only; off without an endpoint)
   OTEL_SDK_DISABLED                             true: off [unset]
 
 FILE ONLY
-  [providers.NAME] base_url = \"...\", api_key_env = \"VAR\"
+  [providers.NAME] base_url = \"...\", api_key_env = \"VAR\", kind = \"openai\"|\"anthropic\",
+                   auth = \"bearer\"|\"api-key\", query = { k = \"v\" }, headers = { k = \"v\" }
                    an OpenAI-compatible provider Zion may name; its key is read from VAR
   [tiers.simple|moderate|complex] models = [{ provider, model, relative_cost, pricing }]
                    the tier mappings used when ZION_URL is unset (else the built-in ones)

@@ -100,6 +100,7 @@ pub struct TierRoutingLayerBuilder {
     stream_usage: bool,
     seed: Option<u64>,
     shared_breakers: Option<(Pool, String)>,
+    route_filter: Option<super::route_filter::Allows>,
 }
 
 impl fmt::Debug for TierRoutingLayerBuilder {
@@ -139,6 +140,7 @@ impl TierRoutingLayerBuilder {
             stream_usage: false,
             seed: None,
             shared_breakers: None,
+            route_filter: None,
         }
     }
 
@@ -252,6 +254,26 @@ impl TierRoutingLayerBuilder {
         self
     }
 
+    /// Which providers may serve a request to a routed path: `allows(path,
+    /// provider)`. A request is routed over the tier config without the
+    /// models whose provider `allows` refuses for its path, so the
+    /// weighted choice, a session's model and the retry only ever meet
+    /// models that can serve it (a session whose model cannot is served,
+    /// and moved, as when its model left the config). A tier left with no
+    /// model for the path is answered `400 unsupported_route`. The models
+    /// left out are counted in `sentinel_route_models_excluded_total`.
+    /// Default: every provider serves every path.
+    ///
+    /// The proxy uses it to keep Anthropic models out of `/v1/responses`,
+    /// which it translates for chat completions only.
+    pub fn route_providers(
+        mut self,
+        allows: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.route_filter = Some(Arc::new(allows));
+        self
+    }
+
     /// Makes the weighted choice reproducible: draws come from `seed` and a
     /// counter shared by every clone of the layer (tests).
     pub fn rng_seed(mut self, seed: u64) -> Self {
@@ -358,5 +380,6 @@ impl TierRoutingLayerBuilder {
             (self.body_limit.max(1), self.body_timeout, self.stream_usage),
             (self.health, self.probes),
         )
+        .with_route_filter(self.route_filter.map(super::route_filter::RouteFilter::new))
     }
 }

@@ -65,6 +65,7 @@
 mod attempts;
 mod future;
 mod layer;
+mod route_filter;
 mod routes;
 pub(crate) mod service;
 mod shared;

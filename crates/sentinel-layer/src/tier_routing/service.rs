@@ -252,6 +252,19 @@ where
         },
     };
     shared.remember(&config);
+    // Only the models whose provider can serve this path.
+    let routed = shared.config_for(parts.uri.path(), config.clone());
+    if routed.tier(requested).models().is_empty() && !config.tier(requested).models().is_empty() {
+        let err = SentinelError::new(
+            ErrorCode::UnsupportedRoute,
+            format!(
+                "no model of tier `{requested}` serves {}: use another route or tier",
+                parts.uri.path()
+            ),
+        );
+        return reject(err, grpc, Some(requested));
+    }
+    let config = routed;
 
     // The model.
     let (decision, ticket) = match decide(&shared, &config, requested, session).await {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::{HeaderMap, Method, Uri};
 use sentinel_core::{Tier, TierConfig, TierConfigSource};
 
+use super::route_filter::RouteFilter;
 use super::routes::{Mode, Routes};
 use crate::background::{Background, LastConfig};
 use crate::decision::SelectionReason;
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     /// `sentinel_requests_total` of answered requests, by (tier, provider,
     /// model, status class).
     pub(crate) requests: CounterCache<(Tier, Arc<str>, Arc<str>, &'static str)>,
+    /// Which providers may serve which path (none: all, all).
+    route_filter: Option<RouteFilter>,
 }
 
 impl Shared {
@@ -64,6 +67,21 @@ impl Shared {
             background: Background::new(health, probes),
             selections: CounterCache::default(),
             requests: CounterCache::default(),
+            route_filter: None,
+        }
+    }
+
+    pub(crate) fn with_route_filter(mut self, filter: Option<RouteFilter>) -> Self {
+        self.route_filter = filter;
+        self
+    }
+
+    /// The config a request to `path` is routed over: `config` without the
+    /// models that cannot serve the path.
+    pub(crate) fn config_for(&self, path: &str, config: Arc<TierConfig>) -> Arc<TierConfig> {
+        match &self.route_filter {
+            Some(filter) => filter.config_for(path, &config),
+            None => config,
         }
     }
 

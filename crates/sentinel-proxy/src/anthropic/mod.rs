@@ -84,7 +84,8 @@
 //! (`null` when there is none), `tool_calls` the `tool_use` blocks
 //! (`arguments` = the `input` as a JSON string). Thinking and every other
 //! block type are left out. `finish_reason`: `end_turn`/`stop_sequence` →
-//! `stop`, `max_tokens` → `length`, `tool_use` → `tool_calls`, `refusal` →
+//! `stop`, `max_tokens` and `model_context_window_exceeded` → `length`,
+//! `tool_use` → `tool_calls`, `refusal` →
 //! `content_filter`, anything else (`pause_turn`, unknown, missing) →
 //! `stop`. `usage`: `prompt_tokens` = `input_tokens` +
 //! `cache_creation_input_tokens` + `cache_read_input_tokens`,
@@ -101,8 +102,6 @@
 //! # Streaming
 //!
 //! See [`ChunkStream`].
-
-// Wired into the HTTP path separately; until then only the tests use it.
 
 mod error;
 mod request;

@@ -78,7 +78,8 @@ fn tool_call(block: &Value) -> Value {
 /// Anthropic's `stop_reason` → OpenAI's `finish_reason`.
 pub(super) fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     match stop_reason {
-        Some("max_tokens") => "length",
+        // The output hit `max_tokens`, or the context window.
+        Some("max_tokens" | "model_context_window_exceeded") => "length",
         Some("tool_use") => "tool_calls",
         Some("refusal") => "content_filter",
         // end_turn, stop_sequence, pause_turn, and anything else.
@@ -250,6 +251,7 @@ mod tests {
             (json!("end_turn"), "stop"),
             (json!("stop_sequence"), "stop"),
             (json!("max_tokens"), "length"),
+            (json!("model_context_window_exceeded"), "length"),
             (json!("tool_use"), "tool_calls"),
             (json!("refusal"), "content_filter"),
             (json!("pause_turn"), "stop"),

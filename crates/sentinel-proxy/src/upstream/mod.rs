@@ -284,8 +284,10 @@ impl Upstream {
         // counted, and hide it from a client that did not ask for it.
         let chat = rest.ends_with("/chat/completions");
         if !chat && target.kind == ProviderKind::Anthropic {
-            // Not translated yet (docs/configuration.md, "Anthropic
-            // providers"): the client's error, not the model's failure.
+            // The layer leaves Anthropic models out of other routes (see
+            // `route_providers` in `start`); an app that wires this
+            // upstream without that gets a clear 400, never a failure
+            // counted against the model.
             ::metrics::counter!(m::UNTRANSLATED_ROUTE, "provider" => decision.provider.to_string())
                 .increment(1);
             let err = SentinelError::new(
