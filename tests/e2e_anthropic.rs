@@ -504,3 +504,233 @@ models = [{{ provider = "openai", model = "gpt-4.1", relative_cost = 1 }}]
     assert_eq!(openai.total_calls(), 0);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_anthropic_model_is_probed_back_with_a_one_token_message() {
+    let (gpt, claude) = (unique("gpt-probe"), unique("claude-probe"));
+    let s = setup(
+        &[
+            ("simple", &[("openai", gpt.as_str(), 1)]),
+            ("moderate", &[("openai", gpt.as_str(), 1)]),
+            ("complex", &[("anthropic", claude.as_str(), 1)]),
+        ],
+        |e| {
+            e.set("SENTINEL_FAILURE_THRESHOLD", "1")
+                .set("SENTINEL_BACKOFF_INITIAL_SECS", "30")
+                .set("SENTINEL_MODEL_PROBE_INTERVAL_SECS", "1")
+        },
+    )
+    .await;
+    s.anthropic.set_fault(&claude, AnthropicFault::Status(529));
+    let reply = s.proxy.chat(&support::chat_body(Some("complex"))).await;
+    reply.assert_error(502, "upstream_failed");
+    let breaker = |state: &Value| state["tiers"]["complex"]["models"][0]["breaker"].clone();
+    let state: Value = serde_json::from_str(&s.proxy.get("/admin/state").await.text()).unwrap();
+    assert_eq!(breaker(&state), "open");
+
+    // Recovered: a background probe (well before the 30 s wait ends)
+    // closes it again.
+    s.anthropic.clear_fault(&claude);
+    let closed = eventually(Duration::from_secs(20), || async {
+        let state: Value = serde_json::from_str(&s.proxy.get("/admin/state").await.text()).unwrap();
+        breaker(&state) == "closed"
+    })
+    .await;
+    assert!(closed, "the probe closed the breaker");
+    let probe = s
+        .anthropic
+        .requests()
+        .into_iter()
+        .rfind(|r| r.path == "/v1/messages" && r.body["max_tokens"] == 1)
+        .expect("a probe");
+    assert_eq!(probe.headers["x-api-key"], ANTHROPIC_KEY);
+    assert_eq!(probe.body["model"], claude.as_str());
+    s.proxy
+        .chat(&support::chat_body(Some("complex")))
+        .await
+        .assert_served("complex", &claude);
+    s.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_broken_on_openai_is_continued_on_anthropic() {
+    let (gpt, claude) = (unique("gpt-cont"), unique("claude-cont"));
+    let s = setup(
+        &[
+            (
+                "simple",
+                &[
+                    ("openai", gpt.as_str(), 1),
+                    ("anthropic", claude.as_str(), 1),
+                ],
+            ),
+            ("moderate", &[("openai", gpt.as_str(), 1)]),
+            ("complex", &[("openai", gpt.as_str(), 1)]),
+        ],
+        |e| e.set("SENTINEL_FAILURE_THRESHOLD", "1000"),
+    )
+    .await;
+    // `gpt` breaks after its first piece, whenever it is picked.
+    s.openai
+        .set_fault(&gpt, sentinel_testkit::UpstreamFault::BreakStreamAfter(1));
+    let mut continued = None;
+    for _ in 0..40 {
+        let reply = s.proxy.chat_stream("simple").await;
+        assert_eq!(reply.status, 200);
+        let prefilled = s.anthropic.requests().into_iter().find(|r| {
+            r.body["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .is_some_and(|m| m["role"] == "assistant")
+        });
+        if let Some(prefilled) = prefilled {
+            continued = Some((reply, prefilled));
+            break;
+        }
+    }
+    let (reply, prefilled) = continued.expect("a request met `gpt` first within 40");
+    let text = reply.text();
+    // The client got gpt's first piece, then Claude's continuation, and a
+    // clean end.
+    assert!(text.contains(&format!("Hello from {gpt}")), "{text}");
+    assert!(text.contains(&claude), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(!text.contains("\"error\""), "{text}");
+    // The prefill went as Anthropic takes it: no trailing whitespace.
+    let last = prefilled.body["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let prefill = last["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(prefill.starts_with(&format!("Hello from {gpt}")), "{last}");
+    assert!(!prefill.ends_with(char::is_whitespace), "{last}");
+    s.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_an_anthropic_model_keeps_it_across_a_responses_request() {
+    let (gpt, claude) = (unique("gpt-session"), unique("claude-session"));
+    let s = setup(
+        &[
+            ("simple", &[("anthropic", claude.as_str(), 1)]),
+            (
+                "moderate",
+                &[
+                    ("openai", gpt.as_str(), 1),
+                    ("anthropic", claude.as_str(), 1),
+                ],
+            ),
+            ("complex", &[("openai", gpt.as_str(), 1)]),
+        ],
+        |e| e,
+    )
+    .await;
+    // A `moderate` session pinned to Claude (the pick is weighted at
+    // random: new sessions until one is).
+    let mut pinned = None;
+    for _ in 0..40 {
+        let session = unique("s");
+        let reply = s
+            .proxy
+            .chat_in_session(&session, &support::chat_body(Some("moderate")))
+            .await;
+        if reply.model() == Some(claude.as_str()) {
+            pinned = Some(session);
+            break;
+        }
+    }
+    let session = pinned.expect("a session pinned to Claude within 40");
+    // A `/v1/responses` request in it: Claude cannot serve that route, so
+    // OpenAI's model of the tier does...
+    for _ in 0..3 {
+        let reply = support::Reply::read(
+            s.proxy
+                .post_json(
+                    "/v1/responses",
+                    &json!({ "model": "moderate", "input": "Hi" }),
+                )
+                .header("x-sentinel-session", &session)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        reply.assert_served("moderate", &gpt);
+    }
+    // ...and the session keeps Claude for its chat completions.
+    for _ in 0..3 {
+        s.proxy
+            .chat_in_session(&session, &support::chat_body(Some("moderate")))
+            .await
+            .assert_served("moderate", &claude);
+    }
+    // `simple` has no model for the Responses API at all: a clear 400.
+    let reply = support::Reply::read(
+        s.proxy
+            .post_json(
+                "/v1/responses",
+                &json!({ "model": "simple", "input": "Hi" }),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    reply.assert_error(400, "unsupported_route");
+    s.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_too_long_a_cut_stream_and_a_request_without_content_type() {
+    let claude = unique("claude-limits");
+    let s = setup_claude(&claude, |e| e.set("SENTINEL_FAILURE_THRESHOLD", "1000")).await;
+
+    // Too long for the only model: the provider's answer, in OpenAI's
+    // shape, with OpenAI's code for it.
+    s.anthropic
+        .set_fault(&claude, AnthropicFault::PromptTooLong);
+    let reply = s.proxy.chat(&support::chat_body(Some("complex"))).await;
+    assert_eq!(reply.status, 400);
+    let body: Value = serde_json::from_str(&reply.text()).unwrap();
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("prompt is too long")
+    );
+
+    // A stream cut after its first piece: the content so far, then
+    // Sentinel's error event, never a clean end.
+    s.anthropic.set_fault(&claude, AnthropicFault::CutAfter(1));
+    let reply = s.proxy.chat_stream("complex").await;
+    assert_eq!(reply.status, 200);
+    let text = reply.text();
+    assert!(text.contains("\"content\":\"Hello\""), "{text}");
+    assert!(text.contains("\"error\""), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+
+    // No content type from the client: Anthropic still gets JSON's.
+    s.anthropic.clear_fault(&claude);
+    let reply = support::Reply::read(
+        s.proxy
+            .request(reqwest::Method::POST, "/v1/chat/completions")
+            .body(support::chat_body(Some("complex")).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    reply.assert_served("complex", &claude);
+    let sent = s.anthropic.requests();
+    assert_eq!(
+        sent.last().unwrap().headers["content-type"],
+        "application/json"
+    );
+    s.proxy.stop().await;
+}

@@ -238,7 +238,15 @@ impl fmt::Debug for Provider {
             .field("base_url", &redact_url(&self.base_url))
             .field("api_key", &self.api_key)
             .field("auth", &self.auth)
-            .field("query", &self.query)
+            // Query values may be keys too.
+            .field(
+                "query",
+                &self
+                    .query
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .field("headers", &header_names)
             .finish()
     }
@@ -552,6 +560,12 @@ fn flag(
 
 fn url(setting: &str, value: &str) -> Result<String, SettingsError> {
     let trimmed = value.trim().trim_end_matches('/');
+    if trimmed.contains(['?', '#']) {
+        return Err(SettingsError::new(
+            setting,
+            "must be a base URL without a query or fragment (a provider's query parameters go in its `query` table)",
+        ));
+    }
     let ok = (trimmed.starts_with("http://") || trimmed.starts_with("https://"))
         && trimmed
             .parse::<http::Uri>()
@@ -696,9 +710,13 @@ impl Settings {
         if let Some(key) = var(env, "OPENAI_API_KEY") {
             openai.api_key = Some(Secret(key.trim().to_owned()));
         }
-        // `anthropic` is known when its key is set (or the file declares it).
+        // `anthropic` is known when its key or base URL is set, or the file
+        // declares it.
         let anthropic_key = var(env, "ANTHROPIC_API_KEY");
-        if anthropic_key.is_some() || providers.contains_key("anthropic") {
+        if anthropic_key.is_some()
+            || var(env, "ANTHROPIC_BASE_URL").is_some()
+            || providers.contains_key("anthropic")
+        {
             let anthropic = providers
                 .entry("anthropic".into())
                 .or_insert_with(|| Provider {

@@ -13,7 +13,9 @@
 //! [`MockAnthropic::OUTPUT_TOKENS`] out. `GET /v1/models` lists the models
 //! asked for so far. Every request is recorded with its headers and body; a
 //! request without an `x-api-key` or `anthropic-version` header is answered
-//! `401 authentication_error`, one without `max_tokens` `400`. Per-model
+//! `401 authentication_error`; one without `content-type: application/json`
+//! or `max_tokens`, or whose final assistant turn ends with whitespace,
+//! `400`, as the real API does. Per-model
 //! [`AnthropicFault`]s inject the provider's errors.
 
 use std::collections::HashMap;
@@ -231,11 +233,40 @@ async fn messages(
     if !authorized(&headers) {
         return error(401, "authentication_error", "invalid x-api-key");
     }
+    if headers
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|v| !v.as_bytes().starts_with(b"application/json"))
+    {
+        return error(
+            400,
+            "invalid_request_error",
+            "content-type must be application/json",
+        );
+    }
     let Some(model) = body["model"].as_str().map(str::to_owned) else {
         return error(400, "invalid_request_error", "model: Field required");
     };
     if !body["max_tokens"].is_u64() {
         return error(400, "invalid_request_error", "max_tokens: Field required");
+    }
+    // As the real API: a final assistant turn (a prefill) must not end
+    // with whitespace.
+    let last = body["messages"].as_array().and_then(|m| m.last());
+    if let Some(last) = last
+        && last["role"] == "assistant"
+    {
+        let text = match &last["content"] {
+            Value::String(s) => Some(s.as_str()),
+            Value::Array(blocks) => blocks.last().and_then(|b| b["text"].as_str()),
+            _ => None,
+        };
+        if text.is_some_and(|t| t.ends_with(char::is_whitespace)) {
+            return error(
+                400,
+                "invalid_request_error",
+                "messages: final assistant content cannot end with trailing whitespace",
+            );
+        }
     }
     {
         let mut models = lock(&state.models);

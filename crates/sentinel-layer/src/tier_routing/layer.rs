@@ -257,9 +257,10 @@ impl TierRoutingLayerBuilder {
     /// Which providers may serve a request to a routed path: `allows(path,
     /// provider)`. A request is routed over the tier config without the
     /// models whose provider `allows` refuses for its path, so the
-    /// weighted choice, a session's model and the retry only ever meet
-    /// models that can serve it (a session whose model cannot is served,
-    /// and moved, as when its model left the config). A tier left with no
+    /// weighted choice and the retry only ever meet models that can serve
+    /// it; a session whose model cannot has the request served by one that
+    /// can (at its tier, or the one asked if higher) and keeps its model
+    /// for the requests that follow. A tier left with no
     /// model for the path is answered `400 unsupported_route`. The models
     /// left out are counted in `sentinel_route_models_excluded_total`.
     /// Default: every provider serves every path.

@@ -264,10 +264,10 @@ where
         );
         return reject(err, grpc, Some(requested));
     }
-    let config = routed;
+    let (config, full) = (routed, config);
 
     // The model.
-    let (decision, ticket) = match decide(&shared, &config, requested, session).await {
+    let (decision, ticket) = match decide(&shared, (&config, &full), requested, session).await {
         Ok((d, ticket)) => (RoutingDecision { stream, ..d }, ticket),
         Err(e) => return reject(e, grpc, Some(requested)),
     };
@@ -377,9 +377,12 @@ fn no_model(tier: Tier, why: NoModel) -> SentinelError {
 
 /// Applies the session rule and the weighted choice; the chosen model
 /// comes admitted, with its breaker ticket.
+///
+/// `config` is the tier config for the request's path; `full` the whole
+/// one (they differ when some providers cannot serve the path).
 async fn decide(
     shared: &Shared,
-    config: &Arc<TierConfig>,
+    (config, full): (&Arc<TierConfig>, &Arc<TierConfig>),
     requested: Tier,
     session: Option<Arc<str>>,
 ) -> Result<(RoutingDecision, Ticket), SentinelError> {
@@ -471,6 +474,26 @@ async fn decide(
             Ok(_) => no_model(requested, NoModel::Empty),
         });
     };
+    // The pinned model is in the config but cannot serve this path: this
+    // request is served by one that can, and the session keeps its model.
+    if config
+        .tier(pin.tier)
+        .find(&pin.provider, &pin.model)
+        .is_none()
+        && full
+            .tier(pin.tier)
+            .find(&pin.provider, &pin.model)
+            .is_some()
+    {
+        let tier = pin.tier.max(requested);
+        let (m, ticket) = selector
+            .choose(config.tier(tier), |_| false, now)
+            .map_err(|why| no_model(tier, why))?;
+        return Ok((
+            decision(tier, m, SelectionReason::Weighted, Some(id)),
+            ticket,
+        ));
+    }
     let plan = SessionPlan::decide(Some(&pin), requested, config, |m| {
         selector.available(m, now)
     });

@@ -54,7 +54,10 @@
 //!   ([`DEFAULT_MAX_TOKENS`] when neither is given).
 //! - `stop` (a string or an array of strings) → `stop_sequences` (left out
 //!   when empty); `temperature` → `temperature`, values above 1 clamped to 1
-//!   (Anthropic's range is 0 to 1, OpenAI's 0 to 2); `top_p` → `top_p`;
+//!   (Anthropic's range is 0 to 1, OpenAI's 0 to 2); `top_p` → `top_p`,
+//!   but only without `temperature` (recent Claude models refuse both;
+//!   `temperature` wins); a stop sequence with no visible character is
+//!   refused (Anthropic refuses it, and dropping it would change the answer);
 //!   `user` → `metadata.user_id`; `stream: true` → `stream: true`.
 //! - `tools` (type `function`) → `tools` (`name`, `description` when given,
 //!   `input_schema` = `parameters` or `{"type":"object"}`; `strict` is

@@ -30,14 +30,19 @@ pub(crate) fn request(chat: &Value) -> Result<MessagesRequest, Refused> {
     if let Some(stop) = stop_sequences(chat)? {
         body.insert("stop_sequences".to_owned(), stop);
     }
-    if let Some(temperature) = number(chat, "temperature")? {
+    let temperature = number(chat, "temperature")?;
+    if let Some(temperature) = temperature {
         let clamped = match temperature.as_f64() {
             Some(t) if t > 1.0 => json!(1.0),
             _ => temperature.clone(),
         };
         body.insert("temperature".to_owned(), clamped);
     }
-    if let Some(top_p) = number(chat, "top_p")? {
+    // Recent Claude models refuse `temperature` and `top_p` together:
+    // with both, `temperature` is sent (Anthropic's advice is to set one).
+    if let Some(top_p) = number(chat, "top_p")?
+        && temperature.is_none()
+    {
         body.insert("top_p".to_owned(), top_p.clone());
     }
     if let Some(user) = field(chat, "user") {
@@ -542,8 +547,23 @@ fn max_tokens(chat: &Map<String, Value>) -> Result<Value, Refused> {
 fn stop_sequences(chat: &Map<String, Value>) -> Result<Option<Value>, Refused> {
     match field(chat, "stop") {
         None => Ok(None),
+        // Anthropic refuses a stop sequence without a visible character;
+        // dropping it would change the answer.
+        Some(Value::String(stop)) if stop.trim().is_empty() => Err(refuse(
+            "a stop sequence must hold a non-whitespace character for this model",
+            "stop",
+        )),
         Some(Value::String(stop)) => Ok(Some(json!([stop]))),
         Some(Value::Array(stops)) if stops.iter().all(Value::is_string) => {
+            if stops
+                .iter()
+                .any(|s| s.as_str().is_some_and(|s| s.trim().is_empty()))
+            {
+                return Err(refuse(
+                    "a stop sequence must hold a non-whitespace character for this model",
+                    "stop",
+                ));
+            }
             Ok((!stops.is_empty()).then(|| Value::Array(stops.clone())))
         }
         Some(_) => Err(refuse(

@@ -40,10 +40,49 @@ pub(super) fn request(bytes: &[u8]) -> Result<(Bytes, MessagesRequest), Refused>
     };
     let chat: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|_| invalid("the request body is not JSON"))?;
-    let translated = anthropic::request(&chat)?;
+    let mut translated = anthropic::request(&chat)?;
+    trim_prefill(&mut translated.body);
     let body = serde_json::to_vec(&translated.body)
         .map_err(|_| invalid("the request cannot be translated"))?;
     Ok((Bytes::from(body), translated))
+}
+
+/// Anthropic refuses a final assistant turn (a prefill, as a continued
+/// stream sends) that ends with whitespace: its last text is trimmed at
+/// the end, and a turn left empty is dropped.
+fn trim_prefill(body: &mut serde_json::Value) {
+    let Some(messages) = body.get_mut("messages").and_then(|m| m.as_array_mut()) else {
+        return;
+    };
+    let Some(last) = messages.last_mut() else {
+        return;
+    };
+    if last["role"] != "assistant" {
+        return;
+    }
+    if let Some(blocks) = last.get_mut("content").and_then(|c| c.as_array_mut()) {
+        if let Some(block) = blocks.last_mut()
+            && block["type"] == "text"
+            && let Some(text) = block["text"].as_str()
+        {
+            let trimmed = text.trim_end().to_owned();
+            if trimmed.is_empty() {
+                blocks.pop();
+            } else {
+                block["text"] = serde_json::Value::String(trimmed);
+            }
+        }
+        if blocks.is_empty() {
+            messages.pop();
+        }
+    } else if let Some(text) = last.get("content").and_then(|c| c.as_str()) {
+        let trimmed = text.trim_end().to_owned();
+        if trimmed.is_empty() {
+            messages.pop();
+        } else {
+            last["content"] = serde_json::Value::String(trimmed);
+        }
+    }
 }
 
 /// The `400 invalid_request_error` answer to a request that cannot go to
@@ -196,9 +235,13 @@ impl Body for ProviderBody {
                 if *done {
                     return Poll::Ready(None);
                 }
+                let mut consumed = false;
                 let translated = match std::task::ready!(inner.as_mut().poll_frame(cx)) {
                     Some(Ok(frame)) => match frame.into_data() {
-                        Ok(data) => chunks.feed(&data),
+                        Ok(data) => {
+                            consumed = !data.is_empty();
+                            chunks.feed(&data)
+                        }
                         // Trailers: nothing to translate.
                         Err(_) => continue,
                     },
@@ -209,10 +252,24 @@ impl Body for ProviderBody {
                     }
                 };
                 match translated {
+                    // A `ping` (or a block with nothing to say yet): an
+                    // empty frame, so the idle timer sees the provider is
+                    // alive (the framer passes nothing on for it).
+                    Ok(bytes) if bytes.is_empty() && consumed => {
+                        return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                    }
                     Ok(bytes) if bytes.is_empty() => continue,
                     Ok(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                    Err(StreamFailure { description, .. }) => {
+                    Err(StreamFailure {
+                        description,
+                        provider_error,
+                    }) => {
                         *done = true;
+                        tracing::warn!(
+                            reason = %description,
+                            provider_error,
+                            "an Anthropic stream failed"
+                        );
                         return Poll::Ready(Some(Err(Box::new(Broken(description)))));
                     }
                 }

@@ -221,7 +221,7 @@ fn named_in_connection(headers: &http::HeaderMap, name: &HeaderName) -> bool {
 
 /// Response headers that are the connection's, not the response's, or
 /// that name the provider account behind Sentinel.
-const DROPPED_RESPONSE_HEADERS: [HeaderName; 9] = [
+const DROPPED_RESPONSE_HEADERS: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -231,6 +231,7 @@ const DROPPED_RESPONSE_HEADERS: [HeaderName; 9] = [
     header::UPGRADE,
     HeaderName::from_static("openai-organization"),
     HeaderName::from_static("openai-project"),
+    HeaderName::from_static("anthropic-organization-id"),
 ];
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -369,10 +370,15 @@ impl Upstream {
                 Err(refusal) => return Ok(anthropic::refused(refusal)),
             },
         };
-        // The provider's key, as it takes it, and its extra headers.
+        // The provider's key, as it takes it, and its extra headers. The
+        // body is JSON whatever the client said (it was rendered).
         for (name, value) in &target.headers {
             headers.insert(name.clone(), value.clone());
         }
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
