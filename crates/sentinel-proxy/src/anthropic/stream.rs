@@ -316,6 +316,20 @@ impl ChunkStream {
         self.emit(out, delta, None)
     }
 
+    /// The `text` of a text block or delta, as a content delta (none when
+    /// empty).
+    fn text(&mut self, holder: &Value, out: &mut Vec<u8>) -> Result<(), StreamFailure> {
+        let text = holder.get("text").and_then(Value::as_str).unwrap_or("");
+        if text.is_empty() {
+            return Ok(());
+        }
+        let delta = Delta {
+            content: Some(text),
+            ..Delta::default()
+        };
+        self.emit(out, delta, None)
+    }
+
     fn block_start(&mut self, event: &Value, out: &mut Vec<u8>) -> Result<(), StreamFailure> {
         self.require_start("content_block_start")?;
         let index = block_index(event, "content_block_start")?;
@@ -325,17 +339,7 @@ impl ChunkStream {
             ));
         };
         match block.get("type").and_then(Value::as_str) {
-            Some("text") => {
-                let text = block.get("text").and_then(Value::as_str).unwrap_or("");
-                if text.is_empty() {
-                    return Ok(());
-                }
-                let delta = Delta {
-                    content: Some(text),
-                    ..Delta::default()
-                };
-                self.emit(out, delta, None)
-            }
+            Some("text") => self.text(block, out),
             Some("tool_use") => {
                 if self.open_tools.len() >= OPEN_TOOLS_CAP {
                     return Err(StreamFailure::protocol(format!(
@@ -378,17 +382,7 @@ impl ChunkStream {
             ));
         };
         match delta.get("type").and_then(Value::as_str) {
-            Some("text_delta") => {
-                let text = delta.get("text").and_then(Value::as_str).unwrap_or("");
-                if text.is_empty() {
-                    return Ok(());
-                }
-                let delta = Delta {
-                    content: Some(text),
-                    ..Delta::default()
-                };
-                self.emit(out, delta, None)
-            }
+            Some("text_delta") => self.text(delta, out),
             Some("input_json_delta") => {
                 let json = delta
                     .get("partial_json")
