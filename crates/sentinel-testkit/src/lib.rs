@@ -3,6 +3,7 @@
 //! | type | what it is |
 //! | --- | --- |
 //! | [`RedisServer`] | a real `redis-server` child process on a free port, with stop / restart |
+//! | [`RedisCluster`] | a real Redis Cluster (`redis-server` nodes joined by `redis-cli --cluster create`), masters with replicas, with node kills and failover |
 //! | [`MockZion`] | the Zion control plane serving `GET /api/v1/tiers/config`, with faults |
 //! | [`MockUpstream`] | an OpenAI-compatible provider answering as the requested model, with per-model faults |
 //! | [`MockAnthropic`] | Anthropic's Messages API answering as the requested model (text, tool use, streams), with per-model faults |
@@ -45,6 +46,7 @@
 
 pub mod anthropic;
 mod closed_port;
+pub mod cluster;
 pub mod collector;
 pub mod metrics;
 pub mod redis;
@@ -56,6 +58,7 @@ pub mod hostile;
 
 pub use anthropic::{AnthropicFault, AnthropicRequest, MockAnthropic};
 pub use closed_port::ClosedPort;
+pub use cluster::RedisCluster;
 pub use collector::{CollectedSpan, CollectorFault, MockCollector};
 pub use redis::{RedisServer, RespValue};
 pub use upstream::{MockUpstream, RecordedRequest, RetryAfter, UpstreamFault};

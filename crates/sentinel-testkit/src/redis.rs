@@ -74,6 +74,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Further arguments of `redis-server` (a cluster node's).
+    extra: Vec<String>,
 }
 
 /// A RESP2 reply, as returned by [`RedisServer::query`].
@@ -122,6 +124,11 @@ impl RedisServer {
     /// Fails if `redis-server` is not on `PATH`, or if it does not come up
     /// within 10 seconds on any of a few fresh ports.
     pub fn start() -> io::Result<Self> {
+        Self::start_with(Vec::new())
+    }
+
+    /// [`start`](Self::start) with further `redis-server` arguments.
+    pub(crate) fn start_with(extra: Vec<String>) -> io::Result<Self> {
         let executable = find_on_path("redis-server").ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
@@ -134,6 +141,7 @@ impl RedisServer {
             port: 0,
             dir,
             child: None,
+            extra,
         };
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
@@ -271,6 +279,7 @@ impl RedisServer {
             .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -347,7 +356,7 @@ fn server_pid(addr: SocketAddr) -> io::Result<u32> {
 /// Draws a port for a new server and marks it in use by this process:
 /// random within [`port_range`], not 6379, not in use by another server of
 /// this process, and free right now (a listener binds it and lets it go).
-fn claim_port() -> io::Result<u16> {
+pub(crate) fn claim_port() -> io::Result<u16> {
     let range = port_range();
     let span = u64::from(range.end - range.start);
     let random = RandomState::new();
@@ -369,7 +378,7 @@ fn claim_port() -> io::Result<u16> {
 }
 
 /// Marks `port` free for the other servers of this process.
-fn release_port(port: u16) {
+pub(crate) fn release_port(port: u16) {
     lock_ports().remove(&port);
 }
 
