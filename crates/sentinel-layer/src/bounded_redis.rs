@@ -214,14 +214,16 @@ impl BoundedRedis {
         // EVAL script 1 key deadline args...: sent as a custom command, as
         // fred 10.1's `WithOptions` does not implement `LuaInterface`
         // (`with_options(..).eval(..)` derefs to the plain client and drops
-        // the options silently). The key is argument 2, for cluster routing.
+        // the options silently). Routed by the key's own slot: fred 10.1
+        // does not route a custom command by `ClusterHash::Offset` (a
+        // Redis Cluster then answers MOVED, which with one attempt fails).
         let mut command = Vec::with_capacity(args.len() + 4);
         command.push(Value::from(script));
         command.push(Value::Integer(1));
         command.push(Value::from(key));
         command.push(Value::from(deadline));
         command.extend(args.iter().map(|a| Value::from(a.as_str())));
-        let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
+        let eval = CustomCommand::new_static("EVAL", ClusterHash::from(key), false);
 
         let watch = Watch::new(self, index);
         let reply: Result<Value, Error> = client

@@ -616,11 +616,18 @@ impl Settings {
         let zion_api_key = var(env, "ZION_API_KEY").map(|v| Secret(v.trim().to_owned()));
         let redis_url = var(env, "REDIS_URL").map(|v| Secret(v.trim().to_owned()));
         if let Some(r) = &redis_url
-            && !(r.0.starts_with("redis://") || r.0.starts_with("rediss://"))
+            && ![
+                "redis://",
+                "rediss://",
+                "redis-cluster://",
+                "rediss-cluster://",
+            ]
+            .iter()
+            .any(|scheme| r.0.starts_with(scheme))
         {
             return Err(SettingsError::new(
                 "REDIS_URL",
-                "must start with redis:// or rediss://",
+                "must start with redis://, rediss://, redis-cluster:// or rediss-cluster://",
             ));
         }
         let redis_prefix = var(env, "SENTINEL_REDIS_PREFIX")

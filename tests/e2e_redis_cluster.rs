@@ -1,0 +1,154 @@
+//! Replicas sharing a real Redis Cluster (`RedisCluster`: three masters,
+//! one replica each, `REDIS_URL=redis-cluster://...`): the tier config
+//! read from the cluster with Zion down, a session pinned on one replica
+//! honoured on the other, a model opened on one replica kept out by the
+//! other, and a master killed under traffic (its replica takes over)
+//! without a failed request.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+mod support;
+
+use std::time::Duration;
+
+use sentinel_testkit::{MockUpstream, MockZion, RedisCluster, UpstreamFault};
+use support::{Env, Proxy, chat_body, eventually, unique};
+
+/// A cluster, started off the runtime's threads (it waits on processes).
+async fn cluster() -> RedisCluster {
+    tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))
+        .await
+        .unwrap()
+        .expect("a Redis cluster starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_config_sessions_and_breakers_through_a_cluster() {
+    let cluster = cluster().await;
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    let env = Env::new(&upstream)
+        .zion(&zion)
+        .set("REDIS_URL", &cluster.url())
+        .set("SENTINEL_BACKOFF_INITIAL_SECS", "30");
+
+    // A loads the config from Zion and writes it to the cluster.
+    let a = Proxy::start(&env.clone().set("SENTINEL_FAILURE_THRESHOLD", "1")).await;
+    assert!(a.wait_ready(Duration::from_secs(10)).await);
+    a.chat(&chat_body(Some("complex")))
+        .await
+        .assert_served("complex", "o3");
+
+    // Zion goes away; B starts and serves from the cluster's copy.
+    zion.stop().await;
+    let b = Proxy::start(&env.set("SENTINEL_FAILURE_THRESHOLD", "100")).await;
+    assert!(
+        b.wait_ready(Duration::from_secs(10)).await,
+        "B found no config in the cluster"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&b.get("/admin/state").await.text()).unwrap();
+    assert_eq!(state["tier_config"]["source"], "redis");
+
+    // A session pinned on A holds on B (session keys spread over slots).
+    for _ in 0..5 {
+        let session = unique("cluster-session");
+        let first = a
+            .chat_in_session(&session, &chat_body(Some("simple")))
+            .await;
+        assert_eq!(first.status, 200);
+        let model = first.model().unwrap().to_owned();
+        for _ in 0..3 {
+            b.chat_in_session(&session, &chat_body(Some("simple")))
+                .await
+                .assert_served("simple", &model);
+        }
+    }
+
+    // A model opened on A: B keeps off it (it would need 100 failures of
+    // its own to open it).
+    upstream.set_fault(
+        "gpt-4o",
+        UpstreamFault::Status {
+            status: 500,
+            retry_after: None,
+        },
+    );
+    a.chat(&chat_body(Some("moderate")))
+        .await
+        .assert_error(502, "upstream_failed");
+    let shared = eventually(Duration::from_secs(5), || async {
+        b.chat(&chat_body(Some("moderate"))).await.status == 503
+    })
+    .await;
+    assert!(shared, "B kept sending to the model A found failing");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_mid_run_fails_no_request_and_the_fleet_recovers() {
+    let mut cluster = cluster().await;
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    let env = Env::new(&upstream)
+        .zion(&zion)
+        .set("REDIS_URL", &cluster.url());
+    let a = Proxy::start(&env).await;
+    let b = Proxy::start(&env).await;
+    assert!(a.wait_ready(Duration::from_secs(10)).await);
+    assert!(b.wait_ready(Duration::from_secs(10)).await);
+
+    // Traffic with sessions on both replicas while a master dies and its
+    // replica takes over: every request is answered 200 (Redis calls that
+    // fail fall back: no pin, the local breaker, the config in memory).
+    let sessions: Vec<String> = (0..8).map(|i| unique(&format!("fo-{i}"))).collect();
+    let master = cluster.masters().unwrap()[0];
+    let mut killed = false;
+    for round in 0..30 {
+        if round == 5 {
+            cluster.stop_node(master);
+            killed = true;
+        }
+        for (i, session) in sessions.iter().enumerate() {
+            let proxy = if (i + round) % 2 == 0 { &a } else { &b };
+            let reply = proxy
+                .chat_in_session(session, &chat_body(Some("simple")))
+                .await;
+            assert_eq!(reply.status, 200, "round {round}: {}", reply.text());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(killed);
+    let cluster =
+        tokio::task::spawn_blocking(move || cluster.wait_for_failover(master).map(|()| cluster))
+            .await
+            .unwrap()
+            .expect("the cluster fails over");
+
+    // After the failover, a new session pinned on one replica holds on the
+    // other again.
+    let pinned_everywhere = eventually(Duration::from_secs(10), || async {
+        let session = unique("after-failover");
+        let first = a
+            .chat_in_session(&session, &chat_body(Some("simple")))
+            .await;
+        let model = first.model().map(str::to_owned);
+        let mut same = first.status == 200;
+        for _ in 0..4 {
+            let next = b
+                .chat_in_session(&session, &chat_body(Some("simple")))
+                .await;
+            same &= next.model().map(str::to_owned) == model;
+        }
+        same
+    })
+    .await;
+    assert!(
+        pinned_everywhere,
+        "sessions are shared again after the failover"
+    );
+    drop(cluster);
+    a.stop().await;
+    b.stop().await;
+}
