@@ -157,3 +157,144 @@ fn the_name_reader_folds_histogram_series_and_only_those() {
         ]
     );
 }
+
+/// The YAML documents of `file`, parsed by a real YAML parser (PyYAML;
+/// `scripts/test` installs Debian's `python3-yaml`), as JSON.
+fn yaml_documents(file: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(file)
+        .output()
+        .expect("python3 runs (scripts/test installs python3-yaml)");
+    assert!(
+        out.status.success(),
+        "{} is not valid YAML: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The value of the environment variable `name` of `container`.
+fn env_value<'a>(container: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+#[test]
+fn the_kubernetes_manifests_parse_and_hold_together() {
+    let docs = yaml_documents(&root().join("deploy/kubernetes/sentinel.yaml"));
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    let kinds: BTreeSet<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "Service"
+        ])
+    );
+    let deployment = kind("Deployment");
+    let labels = &deployment["spec"]["selector"]["matchLabels"];
+    assert_eq!(
+        &deployment["spec"]["template"]["metadata"]["labels"],
+        labels
+    );
+    assert_eq!(&kind("Service")["spec"]["selector"], labels);
+    assert_eq!(
+        &kind("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        labels
+    );
+    let target = &kind("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"];
+    assert_eq!(target["kind"], "Deployment");
+    assert_eq!(target["name"], deployment["metadata"]["name"]);
+
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    // The port the proxy listens on is the one the probes and the Service use.
+    let listen = env_value(container, "SENTINEL_LISTEN").unwrap()["value"]
+        .as_str()
+        .unwrap();
+    let port: u64 = listen.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(container["ports"][0]["containerPort"], port);
+    let port_name = &container["ports"][0]["name"];
+    assert_eq!(
+        &kind("Service")["spec"]["ports"][0]["targetPort"],
+        port_name
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    // Listening beyond loopback needs inbound keys (or the proxy refuses).
+    assert!(env_value(container, "SENTINEL_API_KEYS").is_some());
+    // Secrets come from a Secret, never a literal.
+    for name in [
+        "SENTINEL_API_KEYS",
+        "OPENAI_API_KEY",
+        "ZION_API_KEY",
+        "REDIS_URL",
+    ] {
+        let var = env_value(container, name).unwrap();
+        assert!(
+            var["valueFrom"]["secretKeyRef"].is_object(),
+            "{name}: {var}"
+        );
+        assert!(var.get("value").is_none(), "{name} as a literal");
+    }
+    // The pod outlives the preStop sleep and the drain.
+    let drain: u64 = env_value(container, "SENTINEL_DRAIN_TIMEOUT_SECS").unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .unwrap();
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(grace > pre_stop + drain, "{grace} <= {pre_stop} + {drain}");
+    // Every variable it sets is one the proxy reads (documented).
+    let reference = std::fs::read_to_string(root().join("docs/configuration.md")).unwrap();
+    for var in container["env"].as_array().unwrap() {
+        let name = var["name"].as_str().unwrap();
+        assert!(
+            reference.contains(&format!("`{name}`")),
+            "{name} is not a setting"
+        );
+    }
+}
+
+#[test]
+fn the_systemd_unit_outlasts_the_drain() {
+    let unit =
+        std::fs::read_to_string(root().join("deploy/systemd/sentinel-proxy.service")).unwrap();
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}="))
+            .trim()
+            .to_owned()
+    };
+    for section in ["[Unit]", "[Service]", "[Install]"] {
+        assert!(unit.contains(section), "{section}");
+    }
+    assert!(value("ExecStart").starts_with("/usr/local/bin/sentinel-proxy --config "));
+    assert_eq!(value("KillSignal"), "SIGTERM");
+    let drain: u64 = value("Environment")
+        .strip_prefix("SENTINEL_DRAIN_TIMEOUT_SECS=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stop: u64 = value("TimeoutStopSec").parse().unwrap();
+    assert!(stop > drain, "TimeoutStopSec {stop} <= drain {drain}");
+    let files: u64 = value("LimitNOFILE").parse().unwrap();
+    assert!(files > 20_000, "room for SENTINEL_MAX_CONNECTIONS");
+}
