@@ -511,7 +511,7 @@ pub(crate) fn var(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<St
     env(name).filter(|v| !v.trim().is_empty())
 }
 
-fn number(
+pub(crate) fn number(
     env: &dyn Fn(&str) -> Option<String>,
     name: &str,
     key: &str,

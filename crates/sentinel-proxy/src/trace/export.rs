@@ -72,16 +72,7 @@ struct Exporter {
 pub fn start(
     settings: &TraceSettings,
 ) -> Result<(Tracing, ExportTask), Box<dyn std::error::Error + Send + Sync>> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(settings.timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(sentinel_net::tls_config()?)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+    let https = crate::upstream::https_connector(settings.timeout)?;
     let mut builder = Client::builder(TokioExecutor::new());
     builder.pool_idle_timeout(Duration::from_secs(90));
     // gRPC is HTTP/2 only: by ALPN over TLS, by prior knowledge in the clear.

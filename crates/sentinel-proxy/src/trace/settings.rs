@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-use crate::settings::{SettingsError, var};
+use crate::settings::{SettingsError, number, var};
 
 /// How spans go to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,26 +189,14 @@ fn ratio(env: &dyn Fn(&str) -> Option<String>) -> Result<f64, SettingsError> {
     }
 }
 
+/// A whole-number variable with no file key: the settings' own reader.
 fn whole_number(
     env: &dyn Fn(&str) -> Option<String>,
     name: &str,
     default: u64,
     range: std::ops::RangeInclusive<u64>,
 ) -> Result<u64, SettingsError> {
-    match var(env, name) {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(n) if range.contains(&n) => Ok(n),
-            _ => Err(SettingsError::new(
-                name,
-                format!(
-                    "must be a whole number from {} to {}",
-                    range.start(),
-                    range.end()
-                ),
-            )),
-        },
-    }
+    number(env, name, name, None, default, range)
 }
 
 impl TraceSettings {

@@ -19,19 +19,28 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 pub fn upstream_client(
     connect_timeout: Duration,
 ) -> Result<UpstreamClient, sentinel_net::ClientBuildError> {
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https_connector(connect_timeout)?))
+}
+
+/// The proxy's outgoing connector (providers, the trace exporter): TCP
+/// with `TCP_NODELAY` and `connect_timeout`, rustls
+/// ([`sentinel_net::tls_config`]), HTTP/1.1 and HTTP/2 by ALPN, plain HTTP
+/// allowed.
+pub(crate) fn https_connector(
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, sentinel_net::ClientBuildError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(sentinel_net::tls_config()?)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(https))
+        .wrap_connector(http))
 }
 
 #[cfg(test)]

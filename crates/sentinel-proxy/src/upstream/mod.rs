@@ -60,6 +60,7 @@ mod target;
 mod timeout;
 mod usage;
 
+pub(crate) use client::https_connector;
 pub use client::{UpstreamClient, upstream_client};
 pub use target::InvalidProviderKey;
 pub(crate) use target::Target;
