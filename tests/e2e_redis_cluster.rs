@@ -12,7 +12,7 @@ mod support;
 use std::time::Duration;
 
 use sentinel_testkit::{MockUpstream, MockZion, RedisCluster, UpstreamFault};
-use support::{Env, Proxy, chat_body, eventually, unique};
+use support::{Env, Proxy, chat_body, eventually, session_shared, unique};
 
 /// A cluster, started off the runtime's threads (it waits on processes).
 async fn cluster() -> RedisCluster {
@@ -50,19 +50,12 @@ async fn replicas_share_config_sessions_and_breakers_through_a_cluster() {
         serde_json::from_str(&b.get("/admin/state").await.text()).unwrap();
     assert_eq!(state["tier_config"]["source"], "redis");
 
-    // A session pinned on A holds on B (session keys spread over slots).
-    for _ in 0..5 {
+    // A session pinned on A holds on B, and one pinned on B holds on A
+    // (session keys spread over slots).
+    for i in 0..6 {
         let session = unique("cluster-session");
-        let first = a
-            .chat_in_session(&session, &chat_body(Some("simple")))
-            .await;
-        assert_eq!(first.status, 200);
-        let model = first.model().unwrap().to_owned();
-        for _ in 0..3 {
-            b.chat_in_session(&session, &chat_body(Some("simple")))
-                .await
-                .assert_served("simple", &model);
-        }
+        let (from, to) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        assert!(session_shared(from, to, &session).await, "{session}");
     }
 
     // A model opened on A: B keeps off it (it would need 100 failures of
@@ -129,19 +122,7 @@ async fn a_master_killed_mid_run_fails_no_request_and_the_fleet_recovers() {
     // After the failover, a new session pinned on one replica holds on the
     // other again.
     let pinned_everywhere = eventually(Duration::from_secs(10), || async {
-        let session = unique("after-failover");
-        let first = a
-            .chat_in_session(&session, &chat_body(Some("simple")))
-            .await;
-        let model = first.model().map(str::to_owned);
-        let mut same = first.status == 200;
-        for _ in 0..4 {
-            let next = b
-                .chat_in_session(&session, &chat_body(Some("simple")))
-                .await;
-            same &= next.model().map(str::to_owned) == model;
-        }
-        same
+        session_shared(&a, &b, &unique("after-failover")).await
     })
     .await;
     assert!(

@@ -337,6 +337,21 @@ where
     }
 }
 
+/// Whether `b` honours `session` (a new one) pinned through `a`: the
+/// session is pinned on `a` to the complex tier, then `b`, asked for the
+/// simple tier in it, must answer with the pinned model and tier (never a
+/// downgrade), which it can only know from the shared store.
+pub(crate) async fn session_shared(a: &Proxy, b: &Proxy, session: &str) -> bool {
+    let first = a
+        .chat_in_session(session, &chat_body(Some("complex")))
+        .await;
+    if first.status != 200 || first.tier() != Some("complex") {
+        return false;
+    }
+    let next = b.chat_in_session(session, &chat_body(Some("simple"))).await;
+    next.status == 200 && next.tier() == Some("complex") && next.model() == first.model()
+}
+
 /// A chat request body for `tier` (no tier when `None`).
 pub(crate) fn chat_body(tier: Option<&str>) -> Value {
     let mut body = serde_json::json!({

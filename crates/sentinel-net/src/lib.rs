@@ -11,5 +11,5 @@
 pub mod redis;
 mod tls;
 
-pub use redis::{RedisConnectError, RedisSettings};
+pub use redis::{RedisConnectError, RedisSettings, RedisTls, RedisTlsError};
 pub use tls::{ClientBuildError, http_client, tls_config};

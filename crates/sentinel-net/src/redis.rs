@@ -14,6 +14,24 @@
 //! see a given-up command take effect later (the session store and the
 //! shared breakers of `sentinel-layer`) add their own bounds on top.
 //!
+//! # Deployments
+//!
+//! The URL's scheme says which (fred's URL forms):
+//! - `redis://[:password@]host:port[/db]`: one server;
+//! - `redis-cluster://host:port?node=host:port&node=...`: Redis Cluster,
+//!   the nodes listed are where discovery starts;
+//! - `redis-sentinel://[:password@]host:port[/db]?sentinelServiceName=NAME&node=host:port`:
+//!   a Sentinel-managed primary, found by asking the sentinels listed (the
+//!   password is the data nodes'); after a failover the pool reconnects to
+//!   the primary the sentinels name.
+//!
+//! `rediss://`, `rediss-cluster://` and `rediss-sentinel://` are the same
+//! over TLS (to the sentinels too): rustls with the `ring` provider, the
+//! webpki roots plus the CAs of [`RedisTls`], and a client certificate
+//! when the servers ask for one (`tls-auth-clients yes`). Names are checked
+//! against the certificate: a host given as an IP address must be in its
+//! IP subject alternative names.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -34,7 +52,9 @@ use std::time::Duration;
 use fred::clients::Pool;
 use fred::interfaces::ClientLike;
 use fred::types::Builder;
-use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::config::{Config, ReconnectPolicy, TlsConnector};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// How to reach Redis.
 #[derive(Clone)]
@@ -44,6 +64,7 @@ pub struct RedisSettings {
     command_timeout: Duration,
     connect_timeout: Duration,
     command_buffer: usize,
+    tls: RedisTls,
 }
 
 impl fmt::Debug for RedisSettings {
@@ -54,6 +75,7 @@ impl fmt::Debug for RedisSettings {
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_buffer", &self.command_buffer)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -68,7 +90,7 @@ impl RedisSettings {
     /// Default bound of each connection's command buffer: 1024 commands.
     pub const DEFAULT_COMMAND_BUFFER: usize = 1024;
 
-    /// Settings for the Redis at `url` (`redis://[:password@]host:port[/db]`).
+    /// Settings for the Redis at `url` (see [the deployments](self#deployments)).
     pub fn new(url: impl Into<String>) -> Self {
         RedisSettings {
             url: url.into(),
@@ -76,6 +98,7 @@ impl RedisSettings {
             command_timeout: Self::DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             command_buffer: Self::DEFAULT_COMMAND_BUFFER,
+            tls: RedisTls::default(),
         }
     }
 
@@ -103,6 +126,142 @@ impl RedisSettings {
         self.command_buffer = commands.max(1);
         self
     }
+
+    /// The CAs and client certificate of a TLS URL (`rediss://`, ...).
+    pub fn tls(mut self, tls: RedisTls) -> Self {
+        self.tls = tls;
+        self
+    }
+}
+
+/// What TLS to Redis trusts and presents beyond the defaults: CAs added to
+/// the webpki roots (a private CA, a self-signed server) and a client
+/// certificate. Its `Debug` shows counts, never the key.
+#[derive(Default)]
+pub struct RedisTls {
+    roots: Vec<CertificateDer<'static>>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+}
+
+impl Clone for RedisTls {
+    fn clone(&self) -> Self {
+        RedisTls {
+            roots: self.roots.clone(),
+            identity: self
+                .identity
+                .as_ref()
+                .map(|(chain, key)| (chain.clone(), key.clone_key())),
+        }
+    }
+}
+
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("extra_roots", &self.roots.len())
+            .field("client_certificate", &self.identity.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    /// Also trusts every certificate of `pem` (a PEM bundle of CAs).
+    /// Fails when it holds no certificate or one that cannot be a root.
+    pub fn add_roots_pem(mut self, pem: &[u8]) -> Result<Self, RedisTlsError> {
+        let certs = certificates(pem)?;
+        let mut check = rustls::RootCertStore::empty();
+        for cert in &certs {
+            check
+                .add(cert.clone())
+                .map_err(|_| RedisTlsError("holds a certificate that cannot be a trust root"))?;
+        }
+        self.roots.extend(certs);
+        Ok(self)
+    }
+
+    /// Presents the client certificate `chain_pem` (PEM, the leaf first)
+    /// with its private key `key_pem` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub fn client_certificate_pem(
+        mut self,
+        chain_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Self, RedisTlsError> {
+        let chain = certificates(chain_pem)?;
+        // The parser's error could quote the key: never show it.
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|_| RedisTlsError("the key is not a PEM private key"))?;
+        // A key that does not suit the certificate fails here, not at the
+        // first connection.
+        crate::tls::tls_config_with(&[], Some((&chain, &key)))
+            .map_err(|_| RedisTlsError("the key does not match the certificate"))?;
+        self.identity = Some((chain, key));
+        Ok(self)
+    }
+
+    /// Whether a client certificate is set.
+    pub fn has_client_certificate(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    fn connector(&self) -> Result<TlsConnector, RedisConnectError> {
+        let identity = self
+            .identity
+            .as_ref()
+            .map(|(chain, key)| (chain.as_slice(), key));
+        crate::tls::tls_config_with(&self.roots, identity)
+            .map(TlsConnector::from)
+            .map_err(|_| RedisConnectError("the TLS settings of Redis could not be built"))
+    }
+}
+
+/// The certificates of a PEM file: at least one, all well formed.
+fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, RedisTlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| RedisTlsError("is not a PEM file of certificates"))?;
+    if certs.is_empty() {
+        return Err(RedisTlsError("holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+/// A PEM file given to [`RedisTls`] cannot be used; the message says why
+/// without quoting the file.
+#[derive(Debug, Clone)]
+pub struct RedisTlsError(&'static str);
+
+impl fmt::Display for RedisTlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for RedisTlsError {}
+
+/// The TLS schemes and their plain twins. fred's own TLS set-up (the
+/// system's roots, a process-wide crypto provider) is never used:
+/// [`connect`] parses the plain twin and gives fred Sentinel's TLS.
+const TLS_SCHEMES: [(&str, &str); 3] = [
+    ("rediss://", "redis://"),
+    ("rediss-cluster://", "redis-cluster://"),
+    ("rediss-sentinel://", "redis-sentinel://"),
+];
+
+/// `url` with a TLS scheme replaced by its plain twin, and whether it had
+/// one.
+fn split_tls(url: &str) -> (String, bool) {
+    for (tls, plain) in TLS_SCHEMES {
+        if let Some(rest) = url.strip_prefix(tls) {
+            return (format!("{plain}{rest}"), true);
+        }
+    }
+    (url.to_owned(), false)
+}
+
+/// Whether `url` asks for TLS (`rediss://`, `rediss-cluster://`,
+/// `rediss-sentinel://`).
+pub fn uses_tls(url: &str) -> bool {
+    split_tls(url).1
 }
 
 /// The Redis settings could not make a client (a bad URL, a zero timeout).
@@ -125,9 +284,13 @@ pub fn connect(settings: &RedisSettings) -> Result<Pool, RedisConnectError> {
             "the Redis command timeout must be greater than zero",
         ));
     }
+    let (url, tls) = split_tls(&settings.url);
     // fred's message could echo the URL and its password: use our own.
-    let mut config = Config::from_url(&settings.url)
-        .map_err(|_| RedisConnectError("the Redis URL is not a valid redis:// URL"))?;
+    let mut config = Config::from_url(&url)
+        .map_err(|_| RedisConnectError("the Redis URL is not a valid Redis URL"))?;
+    if tls {
+        config.tls = Some(settings.tls.connector()?.into());
+    }
     // Keep trying when Redis is down at start-up instead of failing once.
     config.fail_fast = false;
     let pool = Builder::from_config(config)

@@ -12,6 +12,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
 /// An HTTP client could not be built (its TLS settings, or the client
 /// itself). The source is kept.
 #[derive(Debug)]
@@ -46,14 +48,28 @@ impl ClientBuildError {
 /// in the build, so nothing depends on a process-wide default). No ALPN
 /// protocols: each client sets its own.
 pub fn tls_config() -> Result<rustls::ClientConfig, ClientBuildError> {
+    tls_config_with(&[], None).map_err(|e| ClientBuildError::new("TLS", e))
+}
+
+/// [`tls_config`] that also trusts `extra_roots` and, given an identity,
+/// presents that client certificate.
+pub(crate) fn tls_config_with(
+    extra_roots: &[CertificateDer<'static>],
+    identity: Option<(&[CertificateDer<'static>], &PrivateKeyDer<'static>)>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for root in extra_roots {
+        roots.add(root.clone())?;
+    }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientBuildError::new("TLS", e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain.to_vec(), key.clone_key()),
+        None => Ok(builder.with_no_client_auth()),
+    }
 }
 
 /// A pooled HTTP client with [`tls_config`], HTTP/1.1 and HTTP/2 by ALPN.

@@ -158,8 +158,10 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
 
     let pool = match &settings.redis_url {
         Some(url) => Some(
-            sentinel_net::redis::connect(&RedisSettings::new(url.expose()))
-                .map_err(|e| fail("REDIS_URL", e))?,
+            sentinel_net::redis::connect(
+                &RedisSettings::new(url.expose()).tls(settings.redis_tls.clone()),
+            )
+            .map_err(|e| fail("REDIS_URL", e))?,
         ),
         None => None,
     };

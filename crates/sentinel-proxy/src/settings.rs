@@ -16,6 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 use sentinel_core::redact::redact_url;
 use sentinel_core::{RawTierConfig, RawTiers, TierConfig};
+use sentinel_net::RedisTls;
 use serde::Deserialize;
 
 /// Every setting, its environment variable, file key and default.
@@ -24,8 +25,14 @@ SETTINGS (environment variable / file key: meaning [default])
   SENTINEL_LISTEN / listen                      listen address [127.0.0.1:8080]
   ZION_URL / zion_url                           Zion base URL; unset: built-in tiers or [tiers] [unset]
   ZION_API_KEY (env only)                       bearer token for Zion [unset]
-  REDIS_URL (env only)                          Redis for the config cache, sessions and breakers;
-                                                unset: in memory [unset]
+  REDIS_URL (env only)                          Redis for the config cache, sessions and breakers:
+                                                redis://, redis-cluster://, redis-sentinel:// and their
+                                                TLS forms rediss://...; unset: in memory [unset]
+  REDIS_TLS_CA_FILE (env only)                  PEM CAs trusted for TLS to Redis, beside the webpki
+                                                roots [unset]
+  REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE (env only)
+                                                PEM client certificate and key for TLS to Redis
+                                                (servers with tls-auth-clients yes) [unset]
   SENTINEL_REDIS_PREFIX / redis_prefix          prefix of every Redis key [sentinel:]
   TIER_CONFIG_TTL_SECONDS / tier_config_ttl_seconds
                                                 tier-config cache TTL, 1..=31536000 [1800]
@@ -259,6 +266,7 @@ impl fmt::Debug for Settings {
             .field("zion_url", &self.zion_url.as_deref().map(redact_url))
             .field("zion_api_key", &self.zion_api_key)
             .field("redis_url", &self.redis_url)
+            .field("redis_tls", &self.redis_tls)
             .field("redis_prefix", &self.redis_prefix)
             .field("tier_config_ttl", &self.tier_config_ttl)
             .field("providers", &self.providers)
@@ -330,6 +338,8 @@ pub struct Settings {
     pub zion_api_key: Option<Secret>,
     /// Redis URL (may carry a password).
     pub redis_url: Option<Secret>,
+    /// The CAs and client certificate of TLS to Redis.
+    pub redis_tls: RedisTls,
     /// Prefix of every Redis key.
     pub redis_prefix: String,
     /// Tier-config TTL.
@@ -507,6 +517,87 @@ pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 pub const ANTHROPIC_DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 
 /// Reads `name` from the environment source; empty counts as unset.
+/// The largest PEM file read for TLS to Redis.
+const PEM_FILE_LIMIT: u64 = 1024 * 1024;
+
+/// `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE` and `REDIS_TLS_KEY_FILE`:
+/// read and checked at start-up; set only with a TLS `REDIS_URL`.
+fn redis_tls(
+    env: &dyn Fn(&str) -> Option<String>,
+    url: Option<&Secret>,
+) -> Result<RedisTls, SettingsError> {
+    let ca = var(env, "REDIS_TLS_CA_FILE");
+    let cert = var(env, "REDIS_TLS_CERT_FILE");
+    let key = var(env, "REDIS_TLS_KEY_FILE");
+    let Some(name) = [
+        ("REDIS_TLS_CA_FILE", &ca),
+        ("REDIS_TLS_CERT_FILE", &cert),
+        ("REDIS_TLS_KEY_FILE", &key),
+    ]
+    .iter()
+    .find(|(_, v)| v.is_some())
+    .map(|(name, _)| *name) else {
+        return Ok(RedisTls::default());
+    };
+    if !url.is_some_and(|u| sentinel_net::redis::uses_tls(u.expose())) {
+        return Err(SettingsError::new(
+            name,
+            "is set, but REDIS_URL does not use TLS (rediss://, rediss-cluster://, rediss-sentinel://)",
+        ));
+    }
+    let mut tls = RedisTls::default();
+    if let Some(path) = ca {
+        let pem = read_pem("REDIS_TLS_CA_FILE", &path)?;
+        tls = tls
+            .add_roots_pem(&pem)
+            .map_err(|e| SettingsError::new("REDIS_TLS_CA_FILE", format!("`{path}` {e}")))?;
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let chain = read_pem("REDIS_TLS_CERT_FILE", &cert)?;
+            let key_pem = read_pem("REDIS_TLS_KEY_FILE", &key)?;
+            tls = tls.client_certificate_pem(&chain, &key_pem).map_err(|e| {
+                SettingsError::new(
+                    "REDIS_TLS_CERT_FILE",
+                    format!("`{cert}` and REDIS_TLS_KEY_FILE: {e}"),
+                )
+            })?;
+        }
+        (Some(_), None) => {
+            return Err(SettingsError::new(
+                "REDIS_TLS_KEY_FILE",
+                "must be set with REDIS_TLS_CERT_FILE",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(SettingsError::new(
+                "REDIS_TLS_CERT_FILE",
+                "must be set with REDIS_TLS_KEY_FILE",
+            ));
+        }
+        (None, None) => {}
+    }
+    Ok(tls)
+}
+
+/// The file at `path`, at most [`PEM_FILE_LIMIT`] bytes.
+fn read_pem(name: &str, path: &str) -> Result<Vec<u8>, SettingsError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| SettingsError::new(name, format!("`{path}` cannot be read: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(PEM_FILE_LIMIT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| SettingsError::new(name, format!("`{path}` cannot be read: {e}")))?;
+    if bytes.len() as u64 > PEM_FILE_LIMIT {
+        return Err(SettingsError::new(
+            name,
+            format!("`{path}` is larger than {PEM_FILE_LIMIT} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
 pub(crate) fn var(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
     env(name).filter(|v| !v.trim().is_empty())
 }
@@ -621,15 +712,19 @@ impl Settings {
                 "rediss://",
                 "redis-cluster://",
                 "rediss-cluster://",
+                "redis-sentinel://",
+                "rediss-sentinel://",
             ]
             .iter()
             .any(|scheme| r.0.starts_with(scheme))
         {
             return Err(SettingsError::new(
                 "REDIS_URL",
-                "must start with redis://, rediss://, redis-cluster:// or rediss-cluster://",
+                "must start with redis://, redis-cluster://, redis-sentinel:// \
+                 or their TLS forms rediss://, rediss-cluster://, rediss-sentinel://",
             ));
         }
+        let redis_tls = redis_tls(env, redis_url.as_ref())?;
         let redis_prefix = var(env, "SENTINEL_REDIS_PREFIX")
             .or(file.redis_prefix.clone())
             .unwrap_or_else(|| "sentinel:".into());
@@ -985,6 +1080,7 @@ impl Settings {
             zion_url,
             zion_api_key,
             redis_url,
+            redis_tls,
             redis_prefix,
             tier_config_ttl: ttl,
             providers,
@@ -1170,6 +1266,86 @@ models = [{ provider = "azure", model = "m", relative_cost = 2 }]
             let err = load(&[(name, value)], Cli::default()).unwrap_err();
             assert!(err.to_string().starts_with(name), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn redis_urls_of_every_deployment_are_taken() {
+        for url in [
+            "redis://127.0.0.1:6380",
+            "rediss://cache.example:6380",
+            "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001",
+            "rediss-cluster://127.0.0.1:7000",
+            "redis-sentinel://127.0.0.1:26379?sentinelServiceName=main&node=127.0.0.1:26380",
+            "rediss-sentinel://127.0.0.1:26379?sentinelServiceName=main",
+        ] {
+            let s = load(&[("REDIS_URL", url)], Cli::default()).unwrap();
+            assert_eq!(s.redis_url.unwrap().expose(), url);
+        }
+    }
+
+    #[test]
+    fn redis_tls_files_are_read_and_checked_at_start_up() {
+        let certs = sentinel_testkit::TestCerts::generate().unwrap();
+        let path = |p: PathBuf| p.to_string_lossy().into_owned();
+        let (ca, cert, key) = (
+            path(certs.ca()),
+            path(certs.client_cert()),
+            path(certs.client_key()),
+        );
+        let tls = [("REDIS_URL", "rediss://:pw@127.0.0.1:6380")];
+        let all = [
+            tls[0],
+            ("REDIS_TLS_CA_FILE", ca.as_str()),
+            ("REDIS_TLS_CERT_FILE", cert.as_str()),
+            ("REDIS_TLS_KEY_FILE", key.as_str()),
+        ];
+        let s = load(&all, Cli::default()).unwrap();
+        assert!(s.redis_tls.has_client_certificate());
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("PRIVATE KEY") && !shown.contains(":pw@"),
+            "{shown}"
+        );
+
+        // The files only mean something with a TLS URL.
+        let plain = [("REDIS_URL", "redis://127.0.0.1:6380"), all[1]];
+        let err = load(&plain, Cli::default()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("REDIS_TLS_CA_FILE") && err.contains("TLS"),
+            "{err}"
+        );
+        assert!(load(&[all[1]], Cli::default()).is_err());
+
+        // Each file is checked, and the error names its variable; a key's
+        // contents never appear in one.
+        let missing = [tls[0], ("REDIS_TLS_CA_FILE", "/nonexistent/ca.pem")];
+        let err = load(&missing, Cli::default()).unwrap_err().to_string();
+        assert!(err.starts_with("REDIS_TLS_CA_FILE"), "{err}");
+        let not_certs = [tls[0], ("REDIS_TLS_CA_FILE", key.as_str())];
+        let err = load(&not_certs, Cli::default()).unwrap_err().to_string();
+        assert!(err.starts_with("REDIS_TLS_CA_FILE"), "{err}");
+        assert!(!err.contains("PRIVATE"), "{err}");
+        let lone_cert = [tls[0], all[2]];
+        let err = load(&lone_cert, Cli::default()).unwrap_err().to_string();
+        assert!(err.starts_with("REDIS_TLS_KEY_FILE"), "{err}");
+        let lone_key = [tls[0], all[3]];
+        let err = load(&lone_key, Cli::default()).unwrap_err().to_string();
+        assert!(err.starts_with("REDIS_TLS_CERT_FILE"), "{err}");
+        let server_key = path(certs.server_key());
+        let wrong_key = [tls[0], all[2], ("REDIS_TLS_KEY_FILE", server_key.as_str())];
+        let err = load(&wrong_key, Cli::default()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("REDIS_TLS_CERT_FILE") && err.contains("match"),
+            "{err}"
+        );
+        let swapped = [
+            tls[0],
+            ("REDIS_TLS_CERT_FILE", key.as_str()),
+            ("REDIS_TLS_KEY_FILE", cert.as_str()),
+        ];
+        let err = load(&swapped, Cli::default()).unwrap_err().to_string();
+        assert!(err.starts_with("REDIS_TLS_CERT_FILE"), "{err}");
+        assert!(!err.contains("PRIVATE"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! | --- | --- |
 //! | [`RedisServer`] | a real `redis-server` child process on a free port, with stop / restart |
 //! | [`RedisCluster`] | a real Redis Cluster (`redis-server` nodes joined by `redis-cli --cluster create`), masters with replicas, with node kills and failover |
+//! | [`RedisSentinels`] | a real Sentinel-managed Redis: a primary, a replica and three sentinels, with a primary kill and failover |
+//! | [`TestCerts`] | a throw-away CA with server and client certificates (`openssl`), for TLS servers such as [`RedisServer::start_tls`] |
 //! | [`MockZion`] | the Zion control plane serving `GET /api/v1/tiers/config`, with faults |
 //! | [`MockUpstream`] | an OpenAI-compatible provider answering as the requested model, with per-model faults |
 //! | [`MockAnthropic`] | Anthropic's Messages API answering as the requested model (text, tool use, streams), with per-model faults |
@@ -50,7 +52,9 @@ pub mod cluster;
 pub mod collector;
 pub mod metrics;
 pub mod redis;
+pub mod sentinel;
 mod server;
+pub mod tls;
 pub mod upstream;
 pub mod zion;
 
@@ -61,5 +65,7 @@ pub use closed_port::ClosedPort;
 pub use cluster::RedisCluster;
 pub use collector::{CollectedSpan, CollectorFault, MockCollector};
 pub use redis::{RedisServer, RespValue};
+pub use sentinel::RedisSentinels;
+pub use tls::TestCerts;
 pub use upstream::{MockUpstream, RecordedRequest, RetryAfter, UpstreamFault};
 pub use zion::{MockZion, ZionFault};

@@ -48,6 +48,8 @@ use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::tls::TestCerts;
+
 /// How long a started server has to answer `PING`.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many fresh ports [`RedisServer::start`] tries.
@@ -74,8 +76,15 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
-    /// Further arguments of `redis-server` (a cluster node's).
+    /// Further arguments of `redis-server` (a cluster node's, TLS).
     extra: Vec<String>,
+    /// The port of TLS connections, when the server takes them.
+    tls_port: Option<u16>,
+    /// A sentinel's configuration: the server runs as a sentinel with it
+    /// (written afresh on each start, since a sentinel rewrites its file).
+    sentinel_conf: Option<String>,
+    /// The password clients must give (`--requirepass`).
+    password: Option<String>,
 }
 
 /// A RESP2 reply, as returned by [`RedisServer::query`].
@@ -129,6 +138,55 @@ impl RedisServer {
 
     /// [`start`](Self::start) with further `redis-server` arguments.
     pub(crate) fn start_with(extra: Vec<String>) -> io::Result<Self> {
+        Self::start_as(extra, None, None, None)
+    }
+
+    /// [`start_with`](Self::start_with) a password (`--requirepass`, and
+    /// `--masterauth` for a replica); [`query`](Self::query) gives it.
+    pub(crate) fn start_with_password(mut extra: Vec<String>, password: &str) -> io::Result<Self> {
+        extra.extend(["--requirepass", password, "--masterauth", password].map(str::to_owned));
+        Self::start_as(extra, None, None, Some(password.to_owned()))
+    }
+
+    /// Starts a server that also takes TLS connections (on
+    /// [`tls_port`](Self::tls_port), with the server certificate of
+    /// `certs`), besides plain ones on [`port`](Self::port). With
+    /// `client_auth` it asks clients for a certificate signed by the CA
+    /// of `certs` (`tls-auth-clients yes`).
+    pub fn start_tls(certs: &TestCerts, client_auth: bool) -> io::Result<Self> {
+        let tls_port = claim_port()?;
+        let path = |p: PathBuf| p.to_string_lossy().into_owned();
+        let extra = vec![
+            "--tls-port".to_owned(),
+            tls_port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path(certs.server_cert()),
+            "--tls-key-file".to_owned(),
+            path(certs.server_key()),
+            "--tls-ca-cert-file".to_owned(),
+            path(certs.ca()),
+            "--tls-auth-clients".to_owned(),
+            if client_auth { "yes" } else { "no" }.to_owned(),
+        ];
+        let started = Self::start_as(extra, Some(tls_port), None, None);
+        if started.is_err() {
+            release_port(tls_port);
+        }
+        started
+    }
+
+    /// Starts a sentinel (`redis-server CONF --sentinel`) with the
+    /// configuration `conf`.
+    pub(crate) fn start_sentinel(conf: String) -> io::Result<Self> {
+        Self::start_as(Vec::new(), None, Some(conf), None)
+    }
+
+    fn start_as(
+        extra: Vec<String>,
+        tls_port: Option<u16>,
+        sentinel_conf: Option<String>,
+        password: Option<String>,
+    ) -> io::Result<Self> {
         let executable = find_on_path("redis-server").ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
@@ -142,6 +200,9 @@ impl RedisServer {
             dir,
             child: None,
             extra,
+            tls_port,
+            sentinel_conf,
+            password,
         };
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
@@ -164,6 +225,19 @@ impl RedisServer {
     /// The URL to give a Redis client: `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL of TLS connections, `rediss://127.0.0.1:TLS_PORT`, for a
+    /// server started with [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("rediss://127.0.0.1:{port}"))
+    }
+
+    /// The port of TLS connections, for a server started with
+    /// [`start_tls`](Self::start_tls).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     /// The port the server listens on (kept across [`restart`](Self::restart)).
@@ -260,17 +334,19 @@ impl RedisServer {
     /// the server could not be reached or answered something that is not
     /// RESP.
     pub fn query(&self, args: &[&str]) -> io::Result<RespValue> {
-        let mut stream = TcpStream::connect_timeout(&self.addr(), IO_TIMEOUT)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        stream.write_all(&encode_command(args))?;
-        read_value(&mut BufReader::new(stream))
+        request(self.addr(), self.password.as_deref(), IO_TIMEOUT, args)
     }
 
     /// Spawns the process on `self.port` and waits for `PING`; kills it
     /// again on failure.
     fn spawn_and_wait(&self) -> io::Result<Child> {
-        let mut child = Command::new(&self.executable)
+        let mut command = Command::new(&self.executable);
+        if let Some(conf) = &self.sentinel_conf {
+            let path = self.dir.join("sentinel.conf");
+            std::fs::write(&path, conf)?;
+            command.arg(path).arg("--sentinel");
+        }
+        let mut child = command
             .arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1"])
@@ -284,7 +360,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        match wait_for_ping(&mut child, self.addr()) {
+        match wait_for_ping(&mut child, self.addr(), self.password.as_deref()) {
             Ok(()) => Ok(child),
             Err(error) => {
                 let _ = child.kill();
@@ -299,13 +375,16 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
         release_port(self.port);
+        if let Some(port) = self.tls_port {
+            release_port(port);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 /// Polls until the server on `addr` is the child (its `INFO server` names
 /// the child's process id), the child exits or the deadline passes.
-fn wait_for_ping(child: &mut Child, addr: SocketAddr) -> io::Result<()> {
+fn wait_for_ping(child: &mut Child, addr: SocketAddr, password: Option<&str>) -> io::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut other = None;
     loop {
@@ -318,7 +397,7 @@ fn wait_for_ping(child: &mut Child, addr: SocketAddr) -> io::Result<()> {
                 addr.port()
             )));
         }
-        match server_pid(addr) {
+        match server_pid(addr, password) {
             Ok(pid) if pid == child.id() => return Ok(()),
             Ok(pid) => other = Some(pid),
             Err(_) => {}
@@ -338,12 +417,13 @@ fn wait_for_ping(child: &mut Child, addr: SocketAddr) -> io::Result<()> {
 
 /// The process id of the Redis answering on `addr` (`INFO server`), with
 /// short timeouts.
-fn server_pid(addr: SocketAddr) -> io::Result<u32> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
-    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
-    stream.set_write_timeout(Some(Duration::from_millis(500)))?;
-    stream.write_all(&encode_command(&["INFO", "server"]))?;
-    let info = read_value(&mut BufReader::new(stream))?;
+fn server_pid(addr: SocketAddr, password: Option<&str>) -> io::Result<u32> {
+    let info = request(
+        addr,
+        password,
+        Duration::from_millis(500),
+        &["INFO", "server"],
+    )?;
     info.as_str()
         .and_then(|text| {
             text.lines()
@@ -351,6 +431,33 @@ fn server_pid(addr: SocketAddr) -> io::Result<u32> {
                 .and_then(|pid| pid.trim().parse().ok())
         })
         .ok_or_else(|| invalid("no process_id in INFO server"))
+}
+
+/// Sends one command on a new connection to `addr` (after `AUTH` when
+/// given a password) and returns its reply; `timeout` bounds the connect,
+/// each read and each write.
+fn request(
+    addr: SocketAddr,
+    password: Option<&str>,
+    timeout: Duration,
+    args: &[&str],
+) -> io::Result<RespValue> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut out = Vec::new();
+    if let Some(password) = password {
+        out.extend(encode_command(&["AUTH", password]));
+    }
+    out.extend(encode_command(args));
+    stream.write_all(&out)?;
+    let mut reader = BufReader::new(stream);
+    if password.is_some()
+        && let RespValue::Error(e) = read_value(&mut reader)?
+    {
+        return Err(io::Error::other(format!("AUTH failed: {e}")));
+    }
+    read_value(&mut reader)
 }
 
 /// Draws a port for a new server and marks it in use by this process:
@@ -407,7 +514,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 
 /// Creates a directory under the system temp dir that no other instance
 /// (in this or another process) uses.
-fn fresh_temp_dir() -> io::Result<PathBuf> {
+pub(crate) fn fresh_temp_dir() -> io::Result<PathBuf> {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -568,9 +675,12 @@ mod tests {
         let server = RedisServer::start().unwrap();
         server.pause().unwrap();
         // Connections are still accepted, but nothing is answered.
-        assert!(server_pid(server.addr()).is_err());
+        assert!(server_pid(server.addr(), None).is_err());
         server.resume().unwrap();
-        assert_eq!(server_pid(server.addr()).unwrap(), server.pid().unwrap());
+        assert_eq!(
+            server_pid(server.addr(), None).unwrap(),
+            server.pid().unwrap()
+        );
         assert_eq!(
             server.query(&["PING"]).unwrap(),
             RespValue::Simple("PONG".into())

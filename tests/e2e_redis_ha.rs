@@ -1,0 +1,170 @@
+//! Replicas on a highly available Redis: a Sentinel-managed primary
+//! (`REDIS_URL=redis-sentinel://:password@...`, `RedisSentinels`: a
+//! primary and a replica with a password, three sentinels without) with
+//! the primary killed under traffic, and a
+//! Redis over TLS (`rediss://`, `TestCerts`) that asks for a client
+//! certificate.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+mod support;
+
+use std::time::Duration;
+
+use sentinel_testkit::{MockUpstream, MockZion, RedisSentinels, RedisServer, TestCerts};
+use support::{Env, Proxy, chat_body, eventually, session_shared, unique};
+
+/// Whether a new session pinned through `a` is honoured by `b`.
+async fn shared(a: &Proxy, b: &Proxy) -> bool {
+    session_shared(a, b, &unique("shared")).await
+}
+
+/// A Sentinel-managed Redis whose data nodes ask for a password (the
+/// sentinels ask for none), started off the runtime's threads.
+async fn sentinels() -> RedisSentinels {
+    tokio::task::spawn_blocking(|| RedisSentinels::start_with_password("ha-secret"))
+        .await
+        .unwrap()
+        .expect("a Sentinel-managed Redis starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_a_sentinel_managed_redis_and_ride_out_a_failover() {
+    let group = sentinels().await;
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    let env = Env::new(&upstream)
+        .zion(&zion)
+        .set("REDIS_URL", &group.url());
+
+    // A loads the config from Zion and writes it through the sentinels'
+    // primary; with Zion gone, B serves from that copy.
+    let a = Proxy::start(&env).await;
+    assert!(a.wait_ready(Duration::from_secs(10)).await);
+    a.chat(&chat_body(Some("complex")))
+        .await
+        .assert_served("complex", "o3");
+    zion.stop().await;
+    let b = Proxy::start(&env).await;
+    assert!(
+        b.wait_ready(Duration::from_secs(10)).await,
+        "B found no config through the sentinels"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&b.get("/admin/state").await.text()).unwrap();
+    assert_eq!(state["tier_config"]["source"], "redis");
+    let primary = group.primary().unwrap();
+    let stored = group.data_nodes()[primary]
+        .query(&["EXISTS", "sentinel:tier_config"])
+        .unwrap();
+    assert_eq!(stored.as_integer(), Some(1), "the config is on the primary");
+    assert!(
+        eventually(Duration::from_secs(10), || shared(&a, &b)).await,
+        "a session is shared"
+    );
+
+    // The primary dies under session traffic on both replicas: every
+    // request is answered (Redis calls that fail fall back), and once the
+    // sentinels promote the replica both proxies share sessions again
+    // without a restart.
+    let mut group = group;
+    let sessions: Vec<String> = (0..6).map(|i| unique(&format!("ha-{i}"))).collect();
+    for round in 0..20 {
+        if round == 4 {
+            group.stop_data_node(primary);
+        }
+        for (i, session) in sessions.iter().enumerate() {
+            let proxy = if (i + round) % 2 == 0 { &a } else { &b };
+            let reply = proxy
+                .chat_in_session(session, &chat_body(Some("simple")))
+                .await;
+            assert_eq!(reply.status, 200, "round {round}: {}", reply.text());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (group, promoted) = tokio::task::spawn_blocking(move || {
+        let promoted = group.wait_for_failover(primary);
+        (group, promoted)
+    })
+    .await
+    .unwrap();
+    let promoted = promoted.expect("the sentinels promote the replica");
+    assert_ne!(promoted, primary);
+    assert!(
+        eventually(Duration::from_secs(15), || shared(&a, &b)).await,
+        "sessions are shared again after the failover"
+    );
+    // A session pinned now is on the promoted primary.
+    let session = unique("after-failover");
+    assert!(session_shared(&b, &a, &session).await);
+    assert_eq!(
+        group.data_nodes()[promoted]
+            .query(&["EXISTS", &format!("sentinel:session:{session}")])
+            .unwrap()
+            .as_integer(),
+        Some(1)
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A Redis taking TLS with client certificates, and its certificates.
+async fn tls_redis() -> (RedisServer, TestCerts) {
+    tokio::task::spawn_blocking(|| {
+        let certs = TestCerts::generate()?;
+        let redis = RedisServer::start_tls(&certs, true)?;
+        Ok::<_, std::io::Error>((redis, certs))
+    })
+    .await
+    .unwrap()
+    .expect("a TLS Redis starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_redis_holds_sessions_with_the_ca_and_the_client_certificate() {
+    let (redis, certs) = tls_redis().await;
+    let upstream = MockUpstream::start().await.unwrap();
+    let path = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    let env = Env::new(&upstream).set("REDIS_URL", &redis.tls_url().unwrap());
+    let trusted = env
+        .clone()
+        .set("REDIS_TLS_CA_FILE", &path(certs.ca()))
+        .set("REDIS_TLS_CERT_FILE", &path(certs.client_cert()))
+        .set("REDIS_TLS_KEY_FILE", &path(certs.client_key()));
+
+    // Two replicas over TLS share a session; the pin is in Redis (read
+    // back on the plain port), so it went over the TLS connections.
+    let a = Proxy::start(&trusted).await;
+    let b = Proxy::start(&trusted).await;
+    assert!(
+        eventually(Duration::from_secs(10), || shared(&a, &b)).await,
+        "replicas share sessions over TLS"
+    );
+    let session = unique("over-tls");
+    assert!(session_shared(&b, &a, &session).await);
+    assert_eq!(
+        redis
+            .query(&["EXISTS", &format!("sentinel:session:{session}")])
+            .unwrap()
+            .as_integer(),
+        Some(1),
+        "the pin went to Redis over TLS"
+    );
+
+    // A replica that does not trust the CA cannot talk to this Redis: it
+    // still answers every request (sessions fall back to memory) and
+    // writes nothing.
+    let before = redis.query(&["DBSIZE"]).unwrap().as_integer().unwrap();
+    let untrusted = Proxy::start(&env).await;
+    for _ in 0..3 {
+        let reply = untrusted
+            .chat_in_session(&unique("untrusted"), &chat_body(Some("simple")))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let after = redis.query(&["DBSIZE"]).unwrap().as_integer().unwrap();
+    assert_eq!(before, after, "nothing was written without TLS trust");
+    untrusted.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
