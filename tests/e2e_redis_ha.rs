@@ -14,9 +14,16 @@ use std::time::Duration;
 use sentinel_testkit::{MockUpstream, MockZion, RedisSentinels, RedisServer, TestCerts};
 use support::{Env, Proxy, chat_body, eventually, session_shared, unique};
 
-/// Whether a new session pinned through `a` is honoured by `b`.
-async fn shared(a: &Proxy, b: &Proxy) -> bool {
-    session_shared(a, b, &unique("shared")).await
+/// Whether a new session pinned through `a` is honoured by `b` and is
+/// stored on `redis`.
+async fn shared_on(a: &Proxy, b: &Proxy, redis: &RedisServer) -> bool {
+    let session = unique("shared");
+    session_shared(a, b, &session).await
+        && redis
+            .query(&["EXISTS", &format!("sentinel:session:{session}")])
+            .ok()
+            .and_then(|n| n.as_integer())
+            == Some(1)
 }
 
 /// A Sentinel-managed Redis whose data nodes ask for a password (the
@@ -59,8 +66,13 @@ async fn replicas_share_a_sentinel_managed_redis_and_ride_out_a_failover() {
         .unwrap();
     assert_eq!(stored.as_integer(), Some(1), "the config is on the primary");
     assert!(
-        eventually(Duration::from_secs(10), || shared(&a, &b)).await,
-        "a session is shared"
+        eventually(Duration::from_secs(10), || shared_on(
+            &a,
+            &b,
+            &group.data_nodes()[primary]
+        ))
+        .await,
+        "a session is shared through the primary"
     );
 
     // The primary dies under session traffic on both replicas: every
@@ -90,19 +102,13 @@ async fn replicas_share_a_sentinel_managed_redis_and_ride_out_a_failover() {
     .unwrap();
     let promoted = promoted.expect("the sentinels promote the replica");
     assert_ne!(promoted, primary);
+    let promoted_node = &group.data_nodes()[promoted];
     assert!(
-        eventually(Duration::from_secs(15), || shared(&a, &b)).await,
-        "sessions are shared again after the failover"
-    );
-    // A session pinned now is on the promoted primary.
-    let session = unique("after-failover");
-    assert!(session_shared(&b, &a, &session).await);
-    assert_eq!(
-        group.data_nodes()[promoted]
-            .query(&["EXISTS", &format!("sentinel:session:{session}")])
-            .unwrap()
-            .as_integer(),
-        Some(1)
+        eventually(Duration::from_secs(15), || async {
+            shared_on(&a, &b, promoted_node).await && shared_on(&b, &a, promoted_node).await
+        })
+        .await,
+        "sessions are shared through the promoted primary"
     );
     a.stop().await;
     b.stop().await;
@@ -137,18 +143,11 @@ async fn a_tls_redis_holds_sessions_with_the_ca_and_the_client_certificate() {
     let a = Proxy::start(&trusted).await;
     let b = Proxy::start(&trusted).await;
     assert!(
-        eventually(Duration::from_secs(10), || shared(&a, &b)).await,
-        "replicas share sessions over TLS"
-    );
-    let session = unique("over-tls");
-    assert!(session_shared(&b, &a, &session).await);
-    assert_eq!(
-        redis
-            .query(&["EXISTS", &format!("sentinel:session:{session}")])
-            .unwrap()
-            .as_integer(),
-        Some(1),
-        "the pin went to Redis over TLS"
+        eventually(Duration::from_secs(10), || async {
+            shared_on(&a, &b, &redis).await && shared_on(&b, &a, &redis).await
+        })
+        .await,
+        "replicas share sessions over TLS, stored in Redis"
     );
 
     // A replica that does not trust the CA cannot talk to this Redis: it

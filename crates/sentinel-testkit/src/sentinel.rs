@@ -248,7 +248,12 @@ mod tests {
             nodes[0].query(&["WAIT", "1", "5000"]).unwrap(),
             RespValue::Integer(1)
         );
-        assert_eq!(nodes[1].query(&["GET", "k"]).unwrap().as_str(), Some("v"));
+        // Replication is asynchronous: the replica applies it soon after.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while nodes[1].query(&["GET", "k"]).unwrap().as_str() != Some("v") {
+            assert!(Instant::now() < deadline, "the replica never got the key");
+            thread::sleep(Duration::from_millis(20));
+        }
 
         group.stop_data_node(primary);
         let promoted = group.wait_for_failover(primary).unwrap();
