@@ -12,7 +12,11 @@
 //!   nothing, so the fetch finishes, stores its value and releases its lock.
 //!   Across processes sharing a store, a lock (`SET NX PX`, PX = the Zion
 //!   timeout) lets one replica call Zion while the others wait for its value,
-//!   at most PX, and then fetch themselves. A fetch is bounded (twice the
+//!   at most PX, and then fetch themselves. The replica that takes the lock
+//!   reads the store once more before calling Zion (its first read came
+//!   before the lock, and another replica may have fetched, stored and
+//!   released the lock in between), so a cold fleet calls Zion once unless
+//!   that call outlasts the Zion timeout. A fetch is bounded (twice the
 //!   Zion timeout plus 5 s for the store's round trips), and a lock whose
 //!   fetch is cut short anyway is released in the background.
 //! - **Failures.** A failed refresh keeps the last good config in use, past
@@ -449,12 +453,12 @@ impl Inner {
 
         let token = fastrand::u64(..);
         let hold = self.zion.timeout();
-        let locked = match self.store.try_lock(token, hold).await {
-            Ok(locked) => locked,
+        let (locked, store_works) = match self.store.try_lock(token, hold).await {
+            Ok(locked) => (locked, true),
             Err(e) => {
                 store_error("lock", &e);
                 // Without a working store there is no one to wait for.
-                true
+                (true, false)
             }
         };
         if !locked {
@@ -472,6 +476,19 @@ impl Inner {
             store: self.store.clone(),
             token: Some(token),
         });
+        // Read the store again under the lock: the read above came before
+        // the lock, and a replica that fetched, stored its config and
+        // released the lock in between has left it there. Without this a
+        // cold fleet could call Zion twice.
+        if locked
+            && store_works
+            && let Some(config) = self.load_from_store(min_left).await
+        {
+            if let Some(lock) = lock {
+                lock.release().await;
+            }
+            return Ok((config, Source::Store));
+        }
         let result = self.fetch_from_zion().await.map(|c| (c, Source::Zion));
         if let Some(lock) = lock {
             lock.release().await;

@@ -282,3 +282,59 @@ async fn a_fetch_cut_short_by_its_bound_releases_its_lock() {
     assert_eq!(unlocks.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert!(memory.try_lock(7, Duration::from_secs(1)).await.unwrap());
 }
+
+/// A memory store on which another replica's whole fetch lands between this
+/// replica's first read and its lock: the first `get` misses, and by the
+/// time it answers the other replica has written its config (version
+/// `other`) and released the lock. This is the interleaving of a cold
+/// fleet in which one replica is slow between its two round trips.
+struct WrittenMeanwhile {
+    inner: MemoryStore,
+    missed: std::sync::atomic::AtomicBool,
+}
+
+impl sentinel_zion::ConfigStore for WrittenMeanwhile {
+    fn get(&self) -> sentinel_zion::store::StoreFuture<'_, Option<sentinel_zion::Stored>> {
+        if self.missed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return self.inner.get();
+        }
+        Box::pin(async move {
+            let other = config_version("other").to_string();
+            self.inner.put(other, TTL).await?;
+            Ok(None)
+        })
+    }
+    fn put(&self, json: String, ttl: Duration) -> sentinel_zion::store::StoreFuture<'_, ()> {
+        self.inner.put(json, ttl)
+    }
+    fn try_lock(&self, token: u64, hold: Duration) -> sentinel_zion::store::StoreFuture<'_, bool> {
+        self.inner.try_lock(token, hold)
+    }
+    fn unlock(&self, token: u64) -> sentinel_zion::store::StoreFuture<'_, ()> {
+        self.inner.unlock(token)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_config_stored_between_the_miss_and_the_lock_is_used_without_calling_zion() {
+    use sentinel_zion::ConfigStore;
+    let zion = MockZion::start().await.unwrap();
+    let memory = MemoryStore::new();
+    let store = WrittenMeanwhile {
+        inner: memory.clone(),
+        missed: std::sync::atomic::AtomicBool::new(false),
+    };
+    let cache = cache(&zion, TTL, Arc::new(store), TIMEOUT);
+
+    // The lock is free (the other replica released it), so this replica
+    // takes it; it reads the store again under the lock before calling
+    // Zion, and finds the other replica's config.
+    assert_eq!(version(&cache).await, "other");
+    assert_eq!(
+        zion.calls(),
+        0,
+        "a cold replica called Zion for a stored config"
+    );
+    // And it released the lock it took.
+    assert!(memory.try_lock(7, Duration::from_secs(1)).await.unwrap());
+}
