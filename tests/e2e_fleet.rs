@@ -154,7 +154,11 @@ async fn fleet(backend: Backend) {
         // it: each trial's model is opened once, by one request.
         .set("SENTINEL_BACKOFF_INITIAL_SECS", "300")
         .set("SENTINEL_BACKOFF_MAX_SECS", "300")
-        .set("SENTINEL_MODEL_PROBES", "false");
+        .set("SENTINEL_MODEL_PROBES", "false")
+        // Every session call gets its answer even with both cores loaded
+        // (the default 50 ms is for production; a late answer would read
+        // as a lost pin).
+        .set("SENTINEL_SESSION_WAIT_MS", "2000");
     // Replica 0 opens a model at its first failure; the others would need
     // 1000 of their own, so they can only learn it through Redis.
     let envs: Vec<Env> = (0..REPLICAS)

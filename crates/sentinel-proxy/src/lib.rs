@@ -198,6 +198,7 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
     let mut layer = TierRoutingLayer::builder(source.clone())
         .failure_threshold(settings.failure_threshold)
         .backoff(settings.backoff_initial, settings.backoff_max)
+        .session_wait(settings.session_wait)
         .body_limit(settings.body_limit)
         .body_timeout(settings.client.body_read_timeout)
         // Streams ask for their usage chunk, so their cost is counted.

@@ -90,6 +90,9 @@ SETTINGS (environment variable / file key: meaning [default])
   SENTINEL_SESSION_TTL_SECS / sessions.ttl_secs sliding session TTL [86400]
   SENTINEL_SESSION_MAX_ENTRIES / sessions.max_entries
                                                 sessions kept in memory (without Redis) [100000]
+  SENTINEL_SESSION_WAIT_MS / sessions.wait_ms   longest a request waits on Redis for its session (and a
+                                                breaker write), 1..=10000; past it the request goes on
+                                                without the pin [50]
   SENTINEL_HEALTH_CHECKS / health.enabled       active provider health checks, true/false [true]
   SENTINEL_HEALTH_INTERVAL_SECS / health.interval_secs
                                                 time between probes [15]
@@ -288,6 +291,7 @@ impl fmt::Debug for Settings {
             .field("backoff_max", &self.backoff_max)
             .field("session_ttl", &self.session_ttl)
             .field("session_max_entries", &self.session_max_entries)
+            .field("session_wait", &self.session_wait)
             .field("health", &self.health)
             .field("model_probe_interval", &self.model_probe_interval)
             .field("log", &self.log)
@@ -382,6 +386,8 @@ pub struct Settings {
     pub session_ttl: Duration,
     /// Sessions kept in memory.
     pub session_max_entries: usize,
+    /// Longest wait on Redis for a session.
+    pub session_wait: Duration,
     /// Health checks.
     pub health: Health,
     /// Background probes of open models; `None`: off.
@@ -462,6 +468,7 @@ struct FileBreaker {
 struct FileSessions {
     ttl_secs: Option<u64>,
     max_entries: Option<u64>,
+    wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1024,6 +1031,14 @@ impl Settings {
             100_000,
             1..=100_000_000,
         )? as usize;
+        let session_wait = Duration::from_millis(number(
+            env,
+            "SENTINEL_SESSION_WAIT_MS",
+            "sessions.wait_ms",
+            file.sessions.wait_ms,
+            50,
+            1..=10_000,
+        )?);
 
         let enabled = flag(env, "SENTINEL_HEALTH_CHECKS", file.health.enabled, true)?;
         let probes = flag(env, "SENTINEL_MODEL_PROBES", file.recovery.enabled, true)?;
@@ -1102,6 +1117,7 @@ impl Settings {
             backoff_max,
             session_ttl,
             session_max_entries,
+            session_wait,
             health,
             model_probe_interval,
             log,
@@ -1265,6 +1281,21 @@ models = [{ provider = "azure", model = "m", relative_cost = 2 }]
         for (name, value) in cases {
             let err = load(&[(name, value)], Cli::default()).unwrap_err();
             assert!(err.to_string().starts_with(name), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_session_wait_is_bounded() {
+        let s = load(&[], Cli::default()).unwrap();
+        assert_eq!(s.session_wait, Duration::from_millis(50));
+        let s = load(&[("SENTINEL_SESSION_WAIT_MS", "2000")], Cli::default()).unwrap();
+        assert_eq!(s.session_wait, Duration::from_secs(2));
+        for bad in ["0", "10001", "soon"] {
+            let err = load(&[("SENTINEL_SESSION_WAIT_MS", bad)], Cli::default()).unwrap_err();
+            assert!(
+                err.to_string().starts_with("SENTINEL_SESSION_WAIT_MS"),
+                "{err}"
+            );
         }
     }
 
