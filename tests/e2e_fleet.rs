@@ -72,10 +72,7 @@ async fn a_fleet_of_four_on_one_redis_acts_as_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_of_four_on_a_redis_cluster_acts_as_one() {
-    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))
-        .await
-        .unwrap()
-        .expect("a Redis cluster starts");
+    let cluster = support::started("a Redis cluster", || RedisCluster::start(3, 1)).await;
     fleet(Backend::Cluster(cluster)).await;
 }
 

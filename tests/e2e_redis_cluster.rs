@@ -14,12 +14,9 @@ use std::time::Duration;
 use sentinel_testkit::{MockUpstream, MockZion, RedisCluster, UpstreamFault};
 use support::{Env, Proxy, chat_body, eventually, session_shared, unique};
 
-/// A cluster, started off the runtime's threads (it waits on processes).
+/// A cluster of three masters with a replica each.
 async fn cluster() -> RedisCluster {
-    tokio::task::spawn_blocking(|| RedisCluster::start(3, 1))
-        .await
-        .unwrap()
-        .expect("a Redis cluster starts")
+    support::started("a Redis cluster", || RedisCluster::start(3, 1)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

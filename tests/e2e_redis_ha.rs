@@ -27,12 +27,12 @@ async fn shared_on(a: &Proxy, b: &Proxy, redis: &RedisServer) -> bool {
 }
 
 /// A Sentinel-managed Redis whose data nodes ask for a password (the
-/// sentinels ask for none), started off the runtime's threads.
+/// sentinels ask for none).
 async fn sentinels() -> RedisSentinels {
-    tokio::task::spawn_blocking(|| RedisSentinels::start_with_password("ha-secret"))
-        .await
-        .unwrap()
-        .expect("a Sentinel-managed Redis starts")
+    support::started("a Sentinel-managed Redis", || {
+        RedisSentinels::start_with_password("ha-secret")
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,14 +116,12 @@ async fn replicas_share_a_sentinel_managed_redis_and_ride_out_a_failover() {
 
 /// A Redis taking TLS with client certificates, and its certificates.
 async fn tls_redis() -> (RedisServer, TestCerts) {
-    tokio::task::spawn_blocking(|| {
+    support::started("a TLS Redis", || {
         let certs = TestCerts::generate()?;
         let redis = RedisServer::start_tls(&certs, true)?;
-        Ok::<_, std::io::Error>((redis, certs))
+        Ok((redis, certs))
     })
     .await
-    .unwrap()
-    .expect("a TLS Redis starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

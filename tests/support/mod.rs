@@ -352,6 +352,19 @@ pub(crate) async fn session_shared(a: &Proxy, b: &Proxy, session: &str) -> bool 
     next.status == 200 && next.tier() == Some("complex") && next.model() == first.model()
 }
 
+/// Runs `start` (a test kit's set-up of processes, which waits on them)
+/// off the runtime's threads; panics with `what` when it fails.
+pub(crate) async fn started<T: Send + 'static>(
+    what: &str,
+    start: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> T {
+    match tokio::task::spawn_blocking(start).await {
+        Ok(Ok(value)) => value,
+        Ok(Err(e)) => panic!("{what} did not start: {e}"),
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
 /// A chat request body for `tier` (no tier when `None`).
 pub(crate) fn chat_body(tier: Option<&str>) -> Value {
     let mut body = serde_json::json!({

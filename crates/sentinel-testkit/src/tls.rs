@@ -34,23 +34,7 @@ impl TestCerts {
         let certs = TestCerts {
             dir: fresh_temp_dir()?,
         };
-        certs.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Sentinel test CA",
-        ])?;
+        certs.new_key(true, "ca.key", "ca.pem", "/CN=Sentinel test CA")?;
         certs.sign(
             "server",
             "/CN=localhost",
@@ -102,20 +86,7 @@ impl TestCerts {
             self.dir.join(&ext_file),
             format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n{ext}"),
         )?;
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            subject,
-        ])?;
+        self.new_key(false, &key, &csr, subject)?;
         self.openssl(&[
             "x509",
             "-req",
@@ -133,6 +104,24 @@ impl TestCerts {
             "-extfile",
             &ext_file,
         ])
+    }
+
+    /// A new P-256 key in `key`, and in `out` a certificate request for
+    /// `subject`, or with `self_signed` a certificate valid for two days.
+    fn new_key(&self, self_signed: bool, key: &str, out: &str, subject: &str) -> io::Result<()> {
+        let mut args = vec!["req"];
+        if self_signed {
+            args.extend(["-x509", "-days", "2"]);
+        }
+        args.extend([
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ]);
+        args.extend(["-keyout", key, "-out", out, "-subj", subject]);
+        self.openssl(&args)
     }
 
     fn openssl(&self, args: &[&str]) -> io::Result<()> {
