@@ -3,7 +3,7 @@
 //! primary and a replica with a password, three sentinels without) with
 //! the primary killed under traffic, and a
 //! Redis over TLS (`rediss://`, `TestCerts`) that asks for a client
-//! certificate.
+//! certificate, and a Redis Cluster over TLS (`rediss-cluster://`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
@@ -11,19 +11,29 @@ mod support;
 
 use std::time::Duration;
 
-use sentinel_testkit::{MockUpstream, MockZion, RedisSentinels, RedisServer, TestCerts};
+use sentinel_testkit::{
+    MockUpstream, MockZion, RedisCluster, RedisSentinels, RedisServer, TestCerts,
+};
 use support::{Env, Proxy, chat_body, eventually, session_shared, unique};
 
 /// Whether a new session pinned through `a` is honoured by `b` and is
 /// stored on `redis`.
 async fn shared_on(a: &Proxy, b: &Proxy, redis: &RedisServer) -> bool {
+    shared_in(a, b, std::slice::from_ref(redis)).await
+}
+
+/// Whether a new session pinned through `a` is honoured by `b` and is
+/// stored on one of `nodes` (a cluster's: the others answer `MOVED`).
+async fn shared_in(a: &Proxy, b: &Proxy, nodes: &[RedisServer]) -> bool {
     let session = unique("shared");
+    let key = format!("sentinel:session:{session}");
     session_shared(a, b, &session).await
-        && redis
-            .query(&["EXISTS", &format!("sentinel:session:{session}")])
-            .ok()
-            .and_then(|n| n.as_integer())
-            == Some(1)
+        && nodes.iter().any(|node| {
+            node.query(&["EXISTS", &key])
+                .ok()
+                .and_then(|n| n.as_integer())
+                == Some(1)
+        })
 }
 
 /// A Sentinel-managed Redis whose data nodes ask for a password (the
@@ -162,6 +172,49 @@ async fn a_tls_redis_holds_sessions_with_the_ca_and_the_client_certificate() {
     let after = redis.query(&["DBSIZE"]).unwrap().as_integer().unwrap();
     assert_eq!(before, after, "nothing was written without TLS trust");
     untrusted.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_a_redis_cluster_over_tls() {
+    let (cluster, certs) = support::started("a TLS Redis cluster", || {
+        let certs = TestCerts::generate()?;
+        let cluster = RedisCluster::start_tls(3, 0, &certs)?;
+        Ok((cluster, certs))
+    })
+    .await;
+    let upstream = MockUpstream::start().await.unwrap();
+    let zion = MockZion::start().await.unwrap();
+    let url = cluster.tls_url().unwrap();
+    assert!(url.starts_with("rediss-cluster://"), "{url}");
+    let env = Env::new(&upstream)
+        .zion(&zion)
+        .set("REDIS_URL", &url)
+        .set("REDIS_TLS_CA_FILE", &certs.ca().to_string_lossy());
+
+    // A fetches the config and stores it in the cluster over TLS; with
+    // Zion gone, B reads it from there; sessions are shared both ways and
+    // stored in the cluster (read back on the nodes' plain ports).
+    let a = Proxy::start(&env).await;
+    assert!(a.wait_ready(Duration::from_secs(10)).await);
+    zion.stop().await;
+    let b = Proxy::start(&env).await;
+    assert!(
+        b.wait_ready(Duration::from_secs(10)).await,
+        "B found no config in the cluster"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&b.get("/admin/state").await.text()).unwrap();
+    assert_eq!(state["tier_config"]["source"], "redis");
+    let nodes = cluster.nodes();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            shared_in(&a, &b, nodes).await && shared_in(&b, &a, nodes).await
+        })
+        .await,
+        "replicas share sessions through the cluster over TLS"
+    );
     a.stop().await;
     b.stop().await;
 }

@@ -28,6 +28,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::redis::{RedisServer, RespValue, claim_port, release_port};
+use crate::tls::TestCerts;
 
 /// How long the cluster has to form, or to fail over.
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,6 +47,20 @@ impl RedisCluster {
     /// (at least 3 masters, as `redis-cli --cluster create` asks), and
     /// waits until it serves every slot.
     pub fn start(masters: usize, replicas: usize) -> io::Result<Self> {
+        Self::start_as(masters, replicas, None)
+    }
+
+    /// [`start`](Self::start) with nodes that also take TLS connections
+    /// (the server certificate of `certs`, no client certificates asked),
+    /// and talk TLS among themselves (`tls-cluster`, `tls-replication`).
+    /// A client connected over TLS is given the nodes' TLS ports
+    /// ([`tls_url`](Self::tls_url)); plain ports stay open for
+    /// [`RedisServer::query`].
+    pub fn start_tls(masters: usize, replicas: usize, certs: &TestCerts) -> io::Result<Self> {
+        Self::start_as(masters, replicas, Some(certs))
+    }
+
+    fn start_as(masters: usize, replicas: usize, certs: Option<&TestCerts>) -> io::Result<Self> {
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
             bus_ports: Vec::new(),
@@ -72,26 +87,57 @@ impl RedisCluster {
             ]
             .map(str::to_owned)
             .to_vec();
-            cluster.nodes.push(RedisServer::start_with(args)?);
+            cluster.nodes.push(match certs {
+                Some(certs) => {
+                    let mut args = args;
+                    args.extend(
+                        ["--tls-cluster", "yes", "--tls-replication", "yes"].map(str::to_owned),
+                    );
+                    RedisServer::start_tls_with(args, certs, false)?
+                }
+                None => RedisServer::start_with(args)?,
+            });
         }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
         for node in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", node.port()));
         }
+        // Its output goes to a file, read back when it fails (a pipe
+        // nobody reads could fill up and stall it).
+        let log_dir = crate::redis::fresh_temp_dir()?;
+        let log_path = log_dir.join("create.log");
+        let log = std::fs::File::create(&log_path)?;
         let mut child = create
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .spawn()?;
+        let output = || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let _ = std::fs::remove_dir_all(&log_dir);
+            let tail: String = text
+                .chars()
+                .rev()
+                .take(1500)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            tail
+        };
         let deadline = Instant::now() + CLUSTER_TIMEOUT;
         loop {
             match child.try_wait()? {
-                Some(status) if status.success() => break,
+                Some(status) if status.success() => {
+                    let _ = std::fs::remove_dir_all(&log_dir);
+                    break;
+                }
                 Some(status) => {
                     return Err(io::Error::other(format!(
-                        "redis-cli --cluster create failed ({status})"
+                        "redis-cli --cluster create failed ({status}): {}",
+                        output()
                     )));
                 }
                 None if Instant::now() >= deadline => {
@@ -99,7 +145,7 @@ impl RedisCluster {
                     let _ = child.wait();
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "redis-cli --cluster create did not finish",
+                        format!("redis-cli --cluster create did not finish: {}", output()),
                     ));
                 }
                 None => thread::sleep(Duration::from_millis(50)),
@@ -115,6 +161,20 @@ impl RedisCluster {
         let first = nodes.next().unwrap_or_default();
         let rest: Vec<String> = nodes.map(|n| format!("node={n}")).collect();
         format!("redis-cluster://{first}?{}", rest.join("&"))
+    }
+
+    /// fred's cluster URL over TLS, for a cluster started with
+    /// [`start_tls`](Self::start_tls):
+    /// `rediss-cluster://127.0.0.1:T0?node=127.0.0.1:T1&...`.
+    pub fn tls_url(&self) -> Option<String> {
+        let ports: Option<Vec<u16>> = self.nodes.iter().map(RedisServer::tls_port).collect();
+        let ports = ports?;
+        let (first, rest) = ports.split_first()?;
+        let rest: Vec<String> = rest.iter().map(|p| format!("node=127.0.0.1:{p}")).collect();
+        Some(format!(
+            "rediss-cluster://127.0.0.1:{first}?{}",
+            rest.join("&")
+        ))
     }
 
     /// The nodes, in start order.

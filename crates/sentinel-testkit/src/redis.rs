@@ -154,9 +154,18 @@ impl RedisServer {
     /// `client_auth` it asks clients for a certificate signed by the CA
     /// of `certs` (`tls-auth-clients yes`).
     pub fn start_tls(certs: &TestCerts, client_auth: bool) -> io::Result<Self> {
+        Self::start_tls_with(Vec::new(), certs, client_auth)
+    }
+
+    /// [`start_tls`](Self::start_tls) with further `redis-server` arguments.
+    pub(crate) fn start_tls_with(
+        mut extra: Vec<String>,
+        certs: &TestCerts,
+        client_auth: bool,
+    ) -> io::Result<Self> {
         let tls_port = claim_port()?;
         let path = |p: PathBuf| p.to_string_lossy().into_owned();
-        let extra = vec![
+        extra.extend([
             "--tls-port".to_owned(),
             tls_port.to_string(),
             "--tls-cert-file".to_owned(),
@@ -167,7 +176,7 @@ impl RedisServer {
             path(certs.ca()),
             "--tls-auth-clients".to_owned(),
             if client_auth { "yes" } else { "no" }.to_owned(),
-        ];
+        ]);
         let started = Self::start_as(extra, Some(tls_port), None, None);
         if started.is_err() {
             release_port(tls_port);
