@@ -1,8 +1,9 @@
 //! The fleet as one, measured (issue 15, item 4): N = 4 proxy replicas in
 //! this process, on one mock Zion and one mock upstream, sharing one Redis
-//! (`RedisServer`) or a Redis Cluster (`RedisCluster`, three masters with a
-//! replica each). For each backend the test checks, and prints in one
-//! report block:
+//! (`RedisServer`), a Redis Cluster (`RedisCluster`, three masters with a
+//! replica each) or a Sentinel-managed Redis (`RedisSentinels`: a primary,
+//! its replica, three sentinels). For each backend the test checks, and
+//! prints in one report block:
 //!
 //! - **cold fleet**: the four start at once on an empty Redis, all become
 //!   ready and serve, and Zion saw exactly one config fetch (the fetch lock
@@ -15,7 +16,8 @@
 //!   session script, `EVAL` on the session's key) per request with a
 //!   session header, none without. Background traffic is told apart by
 //!   command and key (the breaker sync's `TIME` + `PTTL {prefix}breaker:*`
-//!   pipeline every 250 ms per replica, connection upkeep), and the window
+//!   pipeline every 250 ms per replica, connection upkeep, the sentinels'
+//!   own `PING`, `INFO` and hello messages), and the window
 //!   is closed by a marker (`ECHO`) sent after the last answer, so nothing
 //!   is left in flight;
 //! - **breaker propagation**: a model opened on replica 0 (threshold 1, a
@@ -39,7 +41,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use sentinel_testkit::{MockUpstream, MockZion, RedisCluster, RedisServer, UpstreamFault};
+use sentinel_testkit::{
+    MockUpstream, MockZion, RedisCluster, RedisSentinels, RedisServer, UpstreamFault,
+};
 use serde_json::Value;
 use support::{Env, Proxy, chat_body, unique, zion_config};
 use tokio::time::Instant;
@@ -76,10 +80,17 @@ async fn a_fleet_of_four_on_a_redis_cluster_acts_as_one() {
     fleet(Backend::Cluster(cluster)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_four_on_a_sentinel_managed_redis_acts_as_one() {
+    let group = support::started("a Sentinel-managed Redis", RedisSentinels::start).await;
+    fleet(Backend::Sentinel(group)).await;
+}
+
 /// Where the fleet keeps its shared state.
 enum Backend {
     Single(RedisServer),
     Cluster(RedisCluster),
+    Sentinel(RedisSentinels),
 }
 
 impl Backend {
@@ -87,6 +98,7 @@ impl Backend {
         match self {
             Backend::Single(_) => "one Redis",
             Backend::Cluster(_) => "Redis Cluster (3 masters, 1 replica each)",
+            Backend::Sentinel(_) => "Sentinel-managed Redis (primary, replica, 3 sentinels)",
         }
     }
 
@@ -94,11 +106,13 @@ impl Backend {
         match self {
             Backend::Single(redis) => redis.url(),
             Backend::Cluster(cluster) => cluster.url(),
+            Backend::Sentinel(group) => group.url(),
         }
     }
 
-    /// The servers that execute the fleet's commands: the one server, or
-    /// the cluster's masters (replicas only apply what masters send them).
+    /// The servers that execute the fleet's commands: the one server, the
+    /// cluster's masters, or the sentinels' primary (replicas only apply
+    /// what their primary sends them).
     fn masters(&self) -> Vec<&RedisServer> {
         match self {
             Backend::Single(redis) => vec![redis],
@@ -107,6 +121,11 @@ impl Backend {
                     .expect("the cluster names its masters");
                 assert_eq!(masters.len(), 3, "{masters:?}");
                 masters.into_iter().map(|i| &cluster.nodes()[i]).collect()
+            }
+            Backend::Sentinel(group) => {
+                let primary = tokio::task::block_in_place(|| group.primary())
+                    .expect("the sentinels name the primary");
+                vec![&group.data_nodes()[primary]]
             }
         }
     }
@@ -498,7 +517,9 @@ impl Tally {
             "PTTL" if breaker_key(arg(1)) => self.sync += 1,
             "GET" | "SET" | "PTTL" if config_key(arg(1)) => self.config += 1,
             "PING" | "CLUSTER" | "INFO" | "CLIENT" | "HELLO" | "SELECT" | "READONLY"
-            | "COMMAND" => self.upkeep += 1,
+            | "COMMAND" | "ROLE" | "REPLCONF" => self.upkeep += 1,
+            // The sentinels' own hello messages on the primary.
+            "PUBLISH" if arg(1) == "__sentinel__:hello" => self.upkeep += 1,
             _ => self.unexplained.push(
                 command
                     .args
