@@ -70,7 +70,7 @@ const PREFIX: &str = "sentinel:";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_of_four_on_one_redis_acts_as_one() {
-    let redis = RedisServer::start().expect("redis-server starts");
+    let redis = support::started("redis-server", RedisServer::start).await;
     fleet(Backend::Single(redis)).await;
 }
 

@@ -91,7 +91,12 @@ async fn replicas_share_a_sentinel_managed_redis_and_ride_out_a_failover() {
     // without a restart.
     let mut group = group;
     let sessions: Vec<String> = (0..6).map(|i| unique(&format!("ha-{i}"))).collect();
-    for round in 0..20 {
+    // Rounds go on through the promotion and five rounds past it (at most
+    // 300 rounds, some 30 s), so requests made while the proxies reconnect
+    // to the new primary are checked too.
+    let mut promoted = None;
+    let mut after_promotion = 0;
+    for round in 0..300 {
         if round == 4 {
             group.stop_data_node(primary);
         }
@@ -102,14 +107,17 @@ async fn replicas_share_a_sentinel_managed_redis_and_ride_out_a_failover() {
                 .await;
             assert_eq!(reply.status, 200, "round {round}: {}", reply.text());
         }
+        if round >= 4 && promoted.is_none() {
+            promoted = tokio::task::block_in_place(|| group.promoted(primary));
+        }
+        if promoted.is_some() {
+            after_promotion += 1;
+            if after_promotion > 5 {
+                break;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (group, promoted) = tokio::task::spawn_blocking(move || {
-        let promoted = group.wait_for_failover(primary);
-        (group, promoted)
-    })
-    .await
-    .unwrap();
     let promoted = promoted.expect("the sentinels promote the replica");
     assert_ne!(promoted, primary);
     let promoted_node = &group.data_nodes()[promoted];

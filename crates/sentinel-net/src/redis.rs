@@ -171,9 +171,9 @@ impl RedisTls {
         let certs = certificates(pem)?;
         let mut check = rustls::RootCertStore::empty();
         for cert in &certs {
-            check
-                .add(cert.clone())
-                .map_err(|_| RedisTlsError("holds a certificate that cannot be a trust root"))?;
+            check.add(cert.clone()).map_err(|_| {
+                RedisTlsError::file("holds a certificate that cannot be a trust root")
+            })?;
         }
         self.roots.extend(certs);
         Ok(self)
@@ -189,11 +189,14 @@ impl RedisTls {
         let chain = certificates(chain_pem)?;
         // The parser's error could quote the key: never show it.
         let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|_| RedisTlsError("the key is not a PEM private key"))?;
+            .map_err(|_| RedisTlsError::key("is not a PEM private key"))?;
         // A key that does not suit the certificate fails here, not at the
         // first connection.
-        crate::tls::tls_config_with(&[], Some((&chain, &key)))
-            .map_err(|_| RedisTlsError("the key does not match the certificate"))?;
+        crate::tls::tls_config_with(&[], Some((&chain, &key))).map_err(|_| {
+            RedisTlsError::key(
+                "does not suit the certificate (not its key, or a key type the TLS provider does not take)",
+            )
+        })?;
         self.identity = Some((chain, key));
         Ok(self)
     }
@@ -218,9 +221,9 @@ impl RedisTls {
 fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, RedisTlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| RedisTlsError("is not a PEM file of certificates"))?;
+        .map_err(|_| RedisTlsError::file("is not a PEM file of certificates"))?;
     if certs.is_empty() {
-        return Err(RedisTlsError("holds no PEM certificate"));
+        return Err(RedisTlsError::file("holds no PEM certificate"));
     }
     Ok(certs)
 }
@@ -228,15 +231,43 @@ fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, RedisTlsErro
 /// A PEM file given to [`RedisTls`] cannot be used; the message says why
 /// without quoting the file.
 #[derive(Debug, Clone)]
-pub struct RedisTlsError(&'static str);
+pub struct RedisTlsError {
+    reason: &'static str,
+    key: bool,
+}
+
+impl RedisTlsError {
+    fn file(reason: &'static str) -> Self {
+        RedisTlsError { reason, key: false }
+    }
+
+    fn key(reason: &'static str) -> Self {
+        RedisTlsError { reason, key: true }
+    }
+
+    /// Whether the private key is at fault (not a certificate file).
+    pub fn is_about_key(&self) -> bool {
+        self.key
+    }
+}
 
 impl fmt::Display for RedisTlsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
+        f.write_str(self.reason)
     }
 }
 
 impl std::error::Error for RedisTlsError {}
+
+/// Waits until every connection of `pool` is up, for at most `within`.
+/// Returns whether they all came up; a pool that did not keeps connecting
+/// in the background.
+pub async fn wait_connected(pool: &Pool, within: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(within, pool.wait_for_connect()).await,
+        Ok(Ok(()))
+    )
+}
 
 /// The TLS schemes and their plain twins. fred's own TLS set-up (the
 /// system's roots, a process-wide crypto provider) is never used:

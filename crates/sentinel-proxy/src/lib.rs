@@ -165,6 +165,18 @@ pub async fn start(mut settings: Settings) -> Result<Running, StartError> {
         ),
         None => None,
     };
+    // Give the connections a moment before the first config load, so a
+    // replica of a fleet starting at once finds the fetch lock instead of
+    // going to Zion on its own for want of a connection. Redis down costs
+    // start-up this wait, once.
+    if let Some(pool) = &pool
+        && !sentinel_net::redis::wait_connected(pool, RedisSettings::DEFAULT_CONNECT_TIMEOUT).await
+    {
+        tracing::warn!(
+            "Redis did not answer within {:?} of start-up; serving from memory until it does",
+            RedisSettings::DEFAULT_CONNECT_TIMEOUT
+        );
+    }
 
     let known: Vec<String> = settings.providers.keys().cloned().collect();
     let source: Arc<dyn TierConfigSource> = match &settings.zion_url {

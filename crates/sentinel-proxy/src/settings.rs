@@ -523,7 +523,6 @@ pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 /// The default Anthropic base URL (no `/v1`: the SDKs' convention).
 pub const ANTHROPIC_DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 
-/// Reads `name` from the environment source; empty counts as unset.
 /// The largest PEM file read for TLS to Redis.
 const PEM_FILE_LIMIT: u64 = 1024 * 1024;
 
@@ -564,10 +563,10 @@ fn redis_tls(
             let chain = read_pem("REDIS_TLS_CERT_FILE", &cert)?;
             let key_pem = read_pem("REDIS_TLS_KEY_FILE", &key)?;
             tls = tls.client_certificate_pem(&chain, &key_pem).map_err(|e| {
-                SettingsError::new(
-                    "REDIS_TLS_CERT_FILE",
-                    format!("`{cert}` and REDIS_TLS_KEY_FILE: {e}"),
-                )
+                match e.is_about_key() {
+                    true => SettingsError::new("REDIS_TLS_KEY_FILE", format!("`{key}`: {e}")),
+                    false => SettingsError::new("REDIS_TLS_CERT_FILE", format!("`{cert}` {e}")),
+                }
             })?;
         }
         (Some(_), None) => {
@@ -605,6 +604,7 @@ fn read_pem(name: &str, path: &str) -> Result<Vec<u8>, SettingsError> {
     Ok(bytes)
 }
 
+/// Reads `name` from the environment source; empty counts as unset.
 pub(crate) fn var(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
     env(name).filter(|v| !v.trim().is_empty())
 }
@@ -1366,7 +1366,7 @@ models = [{ provider = "azure", model = "m", relative_cost = 2 }]
         let wrong_key = [tls[0], all[2], ("REDIS_TLS_KEY_FILE", server_key.as_str())];
         let err = load(&wrong_key, Cli::default()).unwrap_err().to_string();
         assert!(
-            err.starts_with("REDIS_TLS_CERT_FILE") && err.contains("match"),
+            err.starts_with("REDIS_TLS_KEY_FILE") && err.contains("does not suit"),
             "{err}"
         );
         let swapped = [

@@ -78,7 +78,7 @@ impl RedisSentinels {
         let mut conf = format!(
             "sentinel monitor {SERVICE} 127.0.0.1 {port} 2\n\
              sentinel down-after-milliseconds {SERVICE} 1000\n\
-             sentinel failover-timeout {SERVICE} 10000\n\
+             sentinel failover-timeout {SERVICE} 3000\n\
              sentinel parallel-syncs {SERVICE} 1\n",
             port = primary.port()
         );
@@ -165,7 +165,9 @@ impl RedisSentinels {
             .ok_or_else(|| io::Error::other("the promoted primary went away"))
     }
 
-    fn promoted(&self, stopped: usize) -> Option<usize> {
+    /// Without waiting: the index of the data node promoted in place of
+    /// `stopped`, once every sentinel names it and it says it is a master.
+    pub fn promoted(&self, stopped: usize) -> Option<usize> {
         let named: Vec<usize> = self
             .sentinels
             .iter()

@@ -15,8 +15,9 @@
 //!   at most PX, and then fetch themselves. The replica that takes the lock
 //!   reads the store once more before calling Zion (its first read came
 //!   before the lock, and another replica may have fetched, stored and
-//!   released the lock in between), so a cold fleet calls Zion once unless
-//!   that call outlasts the Zion timeout. A fetch is bounded (twice the
+//!   released the lock in between), so a cold fleet calls Zion once, unless
+//!   that call outlasts the Zion timeout or the store does not answer (a
+//!   replica whose lock call fails has no one to wait for, and fetches). A fetch is bounded (twice the
 //!   Zion timeout plus 5 s for the store's round trips), and a lock whose
 //!   fetch is cut short anyway is released in the background.
 //! - **Failures.** A failed refresh keeps the last good config in use, past
