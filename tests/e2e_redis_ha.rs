@@ -3,7 +3,8 @@
 //! primary and a replica with a password, three sentinels without) with
 //! the primary killed under traffic, and a
 //! Redis over TLS (`rediss://`, `TestCerts`) that asks for a client
-//! certificate, and a Redis Cluster over TLS (`rediss-cluster://`).
+//! certificate, a Redis Cluster over TLS (`rediss-cluster://`) and a
+//! Sentinel-managed Redis over TLS (`rediss-sentinel://`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
@@ -222,6 +223,38 @@ async fn replicas_share_a_redis_cluster_over_tls() {
         })
         .await,
         "replicas share sessions through the cluster over TLS"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_a_sentinel_managed_redis_over_tls() {
+    let (group, certs) = support::started("a Sentinel-managed Redis on TLS", || {
+        let certs = TestCerts::generate()?;
+        let group = RedisSentinels::start_tls(&certs)?;
+        Ok((group, certs))
+    })
+    .await;
+    let upstream = MockUpstream::start().await.unwrap();
+    let url = group.url();
+    assert!(url.starts_with("rediss-sentinel://"), "{url}");
+    let env = Env::new(&upstream)
+        .set("REDIS_URL", &url)
+        .set("REDIS_TLS_CA_FILE", &certs.ca().to_string_lossy());
+
+    // Both replicas reach the sentinels and the primary over TLS: sessions
+    // are shared both ways and stored on the primary (read back on its
+    // plain port).
+    let a = Proxy::start(&env).await;
+    let b = Proxy::start(&env).await;
+    let primary = &group.data_nodes()[group.primary().unwrap()];
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            shared_on(&a, &b, primary).await && shared_on(&b, &a, primary).await
+        })
+        .await,
+        "replicas share sessions through the sentinels over TLS"
     );
     a.stop().await;
     b.stop().await;

@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | [`RedisServer`] | a real `redis-server` child process on a free port, with stop / restart |
 //! | [`RedisCluster`] | a real Redis Cluster (`redis-server` nodes joined by `redis-cli --cluster create`), masters with replicas, optionally on TLS, with node kills and failover |
-//! | [`RedisSentinels`] | a real Sentinel-managed Redis: a primary, a replica and three sentinels, with a primary kill and failover |
+//! | [`RedisSentinels`] | a real Sentinel-managed Redis: a primary, a replica and three sentinels, optionally with a password or on TLS, with a primary kill and failover |
 //! | [`TestCerts`] | a throw-away CA with server and client certificates (`openssl`), for TLS servers such as [`RedisServer::start_tls`] |
 //! | [`MockZion`] | the Zion control plane serving `GET /api/v1/tiers/config`, with faults |
 //! | [`MockUpstream`] | an OpenAI-compatible provider answering as the requested model, with per-model faults |

@@ -159,7 +159,18 @@ impl RedisServer {
 
     /// [`start_tls`](Self::start_tls) with further `redis-server` arguments.
     pub(crate) fn start_tls_with(
+        extra: Vec<String>,
+        certs: &TestCerts,
+        client_auth: bool,
+    ) -> io::Result<Self> {
+        Self::start_tls_as(extra, None, certs, client_auth)
+    }
+
+    /// Starts a server (a sentinel with `sentinel_conf`) that also takes
+    /// TLS connections on a port of its own.
+    fn start_tls_as(
         mut extra: Vec<String>,
+        sentinel_conf: Option<String>,
         certs: &TestCerts,
         client_auth: bool,
     ) -> io::Result<Self> {
@@ -177,7 +188,7 @@ impl RedisServer {
             "--tls-auth-clients".to_owned(),
             if client_auth { "yes" } else { "no" }.to_owned(),
         ]);
-        let started = Self::start_as(extra, Some(tls_port), None, None);
+        let started = Self::start_as(extra, Some(tls_port), sentinel_conf, None);
         if started.is_err() {
             release_port(tls_port);
         }
@@ -188,6 +199,12 @@ impl RedisServer {
     /// configuration `conf`.
     pub(crate) fn start_sentinel(conf: String) -> io::Result<Self> {
         Self::start_as(Vec::new(), None, Some(conf), None)
+    }
+
+    /// [`start_sentinel`](Self::start_sentinel) also taking TLS
+    /// connections (the server certificate of `certs`).
+    pub(crate) fn start_sentinel_tls(conf: String, certs: &TestCerts) -> io::Result<Self> {
+        Self::start_tls_as(Vec::new(), Some(conf), certs, false)
     }
 
     fn start_as(

@@ -27,6 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::redis::{RedisServer, RespValue};
+use crate::tls::TestCerts;
 
 /// The name the sentinels monitor the primary under.
 pub const SERVICE: &str = "sentinel-test";
@@ -42,33 +43,53 @@ pub struct RedisSentinels {
     sentinels: Vec<RedisServer>,
     /// The data nodes' password.
     password: Option<String>,
+    /// Whether every node also takes TLS, and they talk TLS among
+    /// themselves.
+    tls: bool,
 }
 
 impl RedisSentinels {
     /// Starts a primary, one replica and three sentinels, and waits until
     /// the replica is in sync and every sentinel sees the whole group.
     pub fn start() -> io::Result<Self> {
-        Self::start_as(None)
+        Self::start_as(None, None)
     }
 
     /// [`start`](Self::start) with data nodes that ask for `password`
     /// (`requirepass`; the sentinels know it, and ask for none
     /// themselves, the usual set-up). [`url`](Self::url) carries it.
     pub fn start_with_password(password: &str) -> io::Result<Self> {
-        Self::start_as(Some(password))
+        Self::start_as(Some(password), None)
     }
 
-    fn start_as(password: Option<&str>) -> io::Result<Self> {
-        let data_node = |extra: Vec<String>| match password {
-            Some(password) => RedisServer::start_with_password(extra, password),
-            None => RedisServer::start_with(extra),
+    /// [`start`](Self::start) with every node, sentinels too, also taking
+    /// TLS connections with the server certificate of `certs` (no client
+    /// certificates asked), and talking TLS among themselves
+    /// (`tls-replication`): the sentinels name the data nodes' TLS ports,
+    /// and [`url`](Self::url) is a `rediss-sentinel://` URL of the
+    /// sentinels' TLS ports. Plain ports stay open for
+    /// [`RedisServer::query`].
+    pub fn start_tls(certs: &TestCerts) -> io::Result<Self> {
+        Self::start_as(None, Some(certs))
+    }
+
+    fn start_as(password: Option<&str>, certs: Option<&TestCerts>) -> io::Result<Self> {
+        let data_node = |mut extra: Vec<String>| match (password, certs) {
+            (Some(password), _) => RedisServer::start_with_password(extra, password),
+            (None, Some(certs)) => {
+                extra.extend(["--tls-replication", "yes"].map(str::to_owned));
+                RedisServer::start_tls_with(extra, certs, false)
+            }
+            (None, None) => RedisServer::start_with(extra),
         };
+        // Where the others reach a node: its TLS port when there is one.
+        let reach = |node: &RedisServer| node.tls_port().unwrap_or(node.port());
         let primary = data_node(Vec::new())?;
         let replica = data_node(
             [
                 "--replicaof",
                 "127.0.0.1",
-                &primary.port().to_string(),
+                &reach(&primary).to_string(),
                 "--repl-diskless-sync-delay",
                 "0",
             ]
@@ -80,8 +101,11 @@ impl RedisSentinels {
              sentinel down-after-milliseconds {SERVICE} 1000\n\
              sentinel failover-timeout {SERVICE} 3000\n\
              sentinel parallel-syncs {SERVICE} 1\n",
-            port = primary.port()
+            port = reach(&primary)
         );
+        if certs.is_some() {
+            conf.push_str("tls-replication yes\n");
+        }
         if let Some(password) = password {
             conf.push_str(&format!("sentinel auth-pass {SERVICE} {password}\n"));
         }
@@ -89,11 +113,13 @@ impl RedisSentinels {
             data: vec![primary, replica],
             sentinels: Vec::new(),
             password: password.map(str::to_owned),
+            tls: certs.is_some(),
         };
         for _ in 0..3 {
-            group
-                .sentinels
-                .push(RedisServer::start_sentinel(conf.clone())?);
+            group.sentinels.push(match certs {
+                Some(certs) => RedisServer::start_sentinel_tls(conf.clone(), certs)?,
+                None => RedisServer::start_sentinel(conf.clone())?,
+            });
         }
         group.wait_until(|g| {
             g.data[1]
@@ -111,19 +137,27 @@ impl RedisSentinels {
 
     /// fred's sentinel URL:
     /// `redis-sentinel://[:PASSWORD@]127.0.0.1:S0?sentinelServiceName=sentinel-test&node=127.0.0.1:S1&...`
-    /// (the password is the data nodes').
+    /// (the password is the data nodes'), or over TLS
+    /// `rediss-sentinel://127.0.0.1:TLS0?...` for a group started with
+    /// [`start_tls`](Self::start_tls).
     pub fn url(&self) -> String {
-        let mut nodes = self
-            .sentinels
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port()));
+        let tls = self.tls;
+        let mut nodes = self.sentinels.iter().map(|n| {
+            let port = if tls { n.tls_port() } else { None };
+            format!("127.0.0.1:{}", port.unwrap_or(n.port()))
+        });
         let first = nodes.next().unwrap_or_default();
         let rest: String = nodes.map(|n| format!("&node={n}")).collect();
         let auth = self
             .password
             .as_ref()
             .map_or(String::new(), |p| format!(":{p}@"));
-        format!("redis-sentinel://{auth}{first}?sentinelServiceName={SERVICE}{rest}")
+        let scheme = if tls {
+            "rediss-sentinel"
+        } else {
+            "redis-sentinel"
+        };
+        format!("{scheme}://{auth}{first}?sentinelServiceName={SERVICE}{rest}")
     }
 
     /// The data nodes: index 0 was the first primary, 1 its replica.
@@ -195,7 +229,7 @@ impl RedisSentinels {
         .ok_or_else(|| io::Error::other(format!("unexpected sentinel answer {answer:?}")))?;
         self.data
             .iter()
-            .position(|n| n.port() == port)
+            .position(|n| n.port() == port || n.tls_port() == Some(port))
             .ok_or_else(|| io::Error::other(format!("the sentinel names port {port}")))
     }
 
