@@ -12,7 +12,7 @@ mod support;
 use std::time::Duration;
 
 use sentinel_testkit::{MockUpstream, MockZion, RedisCluster, UpstreamFault};
-use support::{Env, Proxy, chat_body, eventually, session_shared, unique};
+use support::{Env, Proxy, chat_body, config_through_redis, eventually, session_shared, unique};
 
 /// A cluster of three masters with a replica each.
 async fn cluster() -> RedisCluster {
@@ -31,23 +31,14 @@ async fn replicas_share_config_sessions_and_breakers_through_a_cluster() {
         // Every session call gets its answer even with both cores loaded.
         .set("SENTINEL_SESSION_WAIT_MS", "2000");
 
-    // A loads the config from Zion and writes it to the cluster.
-    let a = Proxy::start(&env.clone().set("SENTINEL_FAILURE_THRESHOLD", "1")).await;
-    assert!(a.wait_ready(Duration::from_secs(10)).await);
-    a.chat(&chat_body(Some("complex")))
-        .await
-        .assert_served("complex", "o3");
-
-    // Zion goes away; B starts and serves from the cluster's copy.
-    zion.stop().await;
-    let b = Proxy::start(&env.set("SENTINEL_FAILURE_THRESHOLD", "100")).await;
-    assert!(
-        b.wait_ready(Duration::from_secs(10)).await,
-        "B found no config in the cluster"
-    );
-    let state: serde_json::Value =
-        serde_json::from_str(&b.get("/admin/state").await.text()).unwrap();
-    assert_eq!(state["tier_config"]["source"], "redis");
+    // A loads the config from Zion and writes it to the cluster; Zion
+    // goes away; B starts and serves from the cluster's copy.
+    let (a, b) = config_through_redis(
+        &env.clone().set("SENTINEL_FAILURE_THRESHOLD", "1"),
+        &env.set("SENTINEL_FAILURE_THRESHOLD", "100"),
+        &zion,
+    )
+    .await;
 
     // A session pinned on A holds on B, and one pinned on B holds on A
     // (session keys spread over slots).

@@ -15,7 +15,7 @@ use std::time::Duration;
 use sentinel_testkit::{
     MockUpstream, MockZion, RedisCluster, RedisSentinels, RedisServer, TestCerts,
 };
-use support::{Env, Proxy, chat_body, eventually, session_shared, unique};
+use support::{Env, Proxy, chat_body, config_through_redis, eventually, session_shared, unique};
 
 /// Whether a new session pinned through `a` is honoured by `b` and is
 /// stored on `redis`.
@@ -57,20 +57,7 @@ async fn replicas_share_a_sentinel_managed_redis_and_ride_out_a_failover() {
 
     // A loads the config from Zion and writes it through the sentinels'
     // primary; with Zion gone, B serves from that copy.
-    let a = Proxy::start(&env).await;
-    assert!(a.wait_ready(Duration::from_secs(10)).await);
-    a.chat(&chat_body(Some("complex")))
-        .await
-        .assert_served("complex", "o3");
-    zion.stop().await;
-    let b = Proxy::start(&env).await;
-    assert!(
-        b.wait_ready(Duration::from_secs(10)).await,
-        "B found no config through the sentinels"
-    );
-    let state: serde_json::Value =
-        serde_json::from_str(&b.get("/admin/state").await.text()).unwrap();
-    assert_eq!(state["tier_config"]["source"], "redis");
+    let (a, b) = config_through_redis(&env, &env, &zion).await;
     let primary = group.primary().unwrap();
     let stored = group.data_nodes()[primary]
         .query(&["EXISTS", "sentinel:tier_config"])
@@ -205,17 +192,7 @@ async fn replicas_share_a_redis_cluster_over_tls() {
     // A fetches the config and stores it in the cluster over TLS; with
     // Zion gone, B reads it from there; sessions are shared both ways and
     // stored in the cluster (read back on the nodes' plain ports).
-    let a = Proxy::start(&env).await;
-    assert!(a.wait_ready(Duration::from_secs(10)).await);
-    zion.stop().await;
-    let b = Proxy::start(&env).await;
-    assert!(
-        b.wait_ready(Duration::from_secs(10)).await,
-        "B found no config in the cluster"
-    );
-    let state: serde_json::Value =
-        serde_json::from_str(&b.get("/admin/state").await.text()).unwrap();
-    assert_eq!(state["tier_config"]["source"], "redis");
+    let (a, b) = config_through_redis(&env, &env, &zion).await;
     let nodes = cluster.nodes();
     assert!(
         eventually(Duration::from_secs(10), || async {

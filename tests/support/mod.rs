@@ -365,6 +365,33 @@ pub(crate) async fn started<T: Send + 'static>(
     }
 }
 
+/// Two replicas sharing a Redis: `a` (started on `env_a`) loads the tier
+/// config from `zion` and stores it; Zion then stops, and `b` (started
+/// on `env_b`) must become ready with the config read from Redis.
+pub(crate) async fn config_through_redis(
+    env_a: &Env,
+    env_b: &Env,
+    zion: &MockZion,
+) -> (Proxy, Proxy) {
+    let a = Proxy::start(env_a).await;
+    assert!(
+        a.wait_ready(Duration::from_secs(10)).await,
+        "A is not ready"
+    );
+    a.chat(&chat_body(Some("complex")))
+        .await
+        .assert_served("complex", "o3");
+    zion.stop().await;
+    let b = Proxy::start(env_b).await;
+    assert!(
+        b.wait_ready(Duration::from_secs(10)).await,
+        "B found no config in Redis"
+    );
+    let state: Value = serde_json::from_str(&b.get("/admin/state").await.text()).unwrap();
+    assert_eq!(state["tier_config"]["source"], "redis");
+    (a, b)
+}
+
 /// A chat request body for `tier` (no tier when `None`).
 pub(crate) fn chat_body(tier: Option<&str>) -> Value {
     let mut body = serde_json::json!({
