@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::redis::{RedisServer, RespValue, claim_port, release_port};
+use crate::redis::{RedisServer, RespValue, Spec, claim_port, release_port};
 use crate::tls::TestCerts;
 
 /// How long the cluster has to form, or to fail over.
@@ -87,16 +87,20 @@ impl RedisCluster {
             ]
             .map(str::to_owned)
             .to_vec();
-            cluster.nodes.push(match certs {
-                Some(certs) => {
-                    let mut args = args;
-                    args.extend(
-                        ["--tls-cluster", "yes", "--tls-replication", "yes"].map(str::to_owned),
-                    );
-                    RedisServer::start_tls_with(args, certs, false)?
+            let mut args = args;
+            if certs.is_some() {
+                args.extend(
+                    ["--tls-cluster", "yes", "--tls-replication", "yes"].map(str::to_owned),
+                );
+            }
+            cluster.nodes.push(
+                Spec {
+                    extra: args,
+                    tls: certs.map(|certs| (certs, false)),
+                    ..Spec::default()
                 }
-                None => RedisServer::start_with(args)?,
-            });
+                .start()?,
+            );
         }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");

@@ -133,19 +133,7 @@ impl RedisServer {
     /// Fails if `redis-server` is not on `PATH`, or if it does not come up
     /// within 10 seconds on any of a few fresh ports.
     pub fn start() -> io::Result<Self> {
-        Self::start_with(Vec::new())
-    }
-
-    /// [`start`](Self::start) with further `redis-server` arguments.
-    pub(crate) fn start_with(extra: Vec<String>) -> io::Result<Self> {
-        Self::start_as(extra, None, None, None)
-    }
-
-    /// [`start_with`](Self::start_with) a password (`--requirepass`, and
-    /// `--masterauth` for a replica); [`query`](Self::query) gives it.
-    pub(crate) fn start_with_password(mut extra: Vec<String>, password: &str) -> io::Result<Self> {
-        extra.extend(["--requirepass", password, "--masterauth", password].map(str::to_owned));
-        Self::start_as(extra, None, None, Some(password.to_owned()))
+        Spec::default().start()
     }
 
     /// Starts a server that also takes TLS connections (on
@@ -154,101 +142,14 @@ impl RedisServer {
     /// `client_auth` it asks clients for a certificate signed by the CA
     /// of `certs` (`tls-auth-clients yes`).
     pub fn start_tls(certs: &TestCerts, client_auth: bool) -> io::Result<Self> {
-        Self::start_tls_with(Vec::new(), certs, client_auth)
-    }
-
-    /// [`start_tls`](Self::start_tls) with further `redis-server` arguments.
-    pub(crate) fn start_tls_with(
-        extra: Vec<String>,
-        certs: &TestCerts,
-        client_auth: bool,
-    ) -> io::Result<Self> {
-        Self::start_tls_as(extra, None, certs, client_auth)
-    }
-
-    /// Starts a server (a sentinel with `sentinel_conf`) that also takes
-    /// TLS connections on a port of its own.
-    fn start_tls_as(
-        mut extra: Vec<String>,
-        sentinel_conf: Option<String>,
-        certs: &TestCerts,
-        client_auth: bool,
-    ) -> io::Result<Self> {
-        let tls_port = claim_port()?;
-        let path = |p: PathBuf| p.to_string_lossy().into_owned();
-        extra.extend([
-            "--tls-port".to_owned(),
-            tls_port.to_string(),
-            "--tls-cert-file".to_owned(),
-            path(certs.server_cert()),
-            "--tls-key-file".to_owned(),
-            path(certs.server_key()),
-            "--tls-ca-cert-file".to_owned(),
-            path(certs.ca()),
-            "--tls-auth-clients".to_owned(),
-            if client_auth { "yes" } else { "no" }.to_owned(),
-        ]);
-        let started = Self::start_as(extra, Some(tls_port), sentinel_conf, None);
-        if started.is_err() {
-            release_port(tls_port);
+        Spec {
+            tls: Some((certs, client_auth)),
+            ..Spec::default()
         }
-        started
+        .start()
     }
 
-    /// Starts a sentinel (`redis-server CONF --sentinel`) with the
-    /// configuration `conf`.
-    pub(crate) fn start_sentinel(conf: String) -> io::Result<Self> {
-        Self::start_as(Vec::new(), None, Some(conf), None)
-    }
-
-    /// [`start_sentinel`](Self::start_sentinel) also taking TLS
-    /// connections (the server certificate of `certs`).
-    pub(crate) fn start_sentinel_tls(conf: String, certs: &TestCerts) -> io::Result<Self> {
-        Self::start_tls_as(Vec::new(), Some(conf), certs, false)
-    }
-
-    fn start_as(
-        extra: Vec<String>,
-        tls_port: Option<u16>,
-        sentinel_conf: Option<String>,
-        password: Option<String>,
-    ) -> io::Result<Self> {
-        let executable = find_on_path("redis-server").ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                "redis-server not found on PATH; the test script installs it",
-            )
-        })?;
-        let dir = fresh_temp_dir()?;
-        let mut server = Self {
-            executable,
-            port: 0,
-            dir,
-            child: None,
-            extra,
-            tls_port,
-            sentinel_conf,
-            password,
-        };
-        let mut last_error = None;
-        for _ in 0..START_ATTEMPTS {
-            server.port = claim_port()?;
-            match server.spawn_and_wait() {
-                Ok(child) => {
-                    server.child = Some(child);
-                    return Ok(server);
-                }
-                Err(error) => {
-                    release_port(server.port);
-                    server.port = 0;
-                    last_error = Some(error);
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| io::Error::other("redis-server did not start")))
-    }
-
-    /// The URL to give a Redis client: `redis://127.0.0.1:PORT`.
+    /// The URL to give a Redis client: `redis://127.0.0.1:PORT`.    /// The URL to give a Redis client: `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -394,6 +295,88 @@ impl RedisServer {
                 Err(error)
             }
         }
+    }
+}
+
+/// What a server of the test kit is started with (the cluster's nodes,
+/// the sentinels and their data nodes build one).
+#[derive(Default)]
+pub(crate) struct Spec<'a> {
+    /// Further `redis-server` arguments.
+    pub(crate) extra: Vec<String>,
+    /// TLS on a port of its own with these certificates, and whether
+    /// clients must present one (`tls-auth-clients`).
+    pub(crate) tls: Option<(&'a TestCerts, bool)>,
+    /// Run as a sentinel with this configuration.
+    pub(crate) sentinel_conf: Option<String>,
+    /// The password clients must give (`--requirepass`, and
+    /// `--masterauth` for a replica); [`RedisServer::query`] gives it.
+    pub(crate) password: Option<String>,
+}
+
+impl Spec<'_> {
+    /// Starts the server on a free loopback port and waits until it
+    /// answers `PING`, trying a few fresh ports.
+    pub(crate) fn start(self) -> io::Result<RedisServer> {
+        let Spec {
+            mut extra,
+            tls,
+            sentinel_conf,
+            password,
+        } = self;
+        if let Some(password) = &password {
+            extra.extend(["--requirepass", password, "--masterauth", password].map(str::to_owned));
+        }
+        let executable = find_on_path("redis-server").ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "redis-server not found on PATH; the test script installs it",
+            )
+        })?;
+        // From here the server's drop releases its ports and directory.
+        let mut server = RedisServer {
+            executable,
+            port: 0,
+            dir: fresh_temp_dir()?,
+            child: None,
+            extra,
+            tls_port: None,
+            sentinel_conf,
+            password,
+        };
+        if let Some((certs, client_auth)) = tls {
+            let port = claim_port()?;
+            server.tls_port = Some(port);
+            let path = |p: PathBuf| p.to_string_lossy().into_owned();
+            server.extra.extend([
+                "--tls-port".to_owned(),
+                port.to_string(),
+                "--tls-cert-file".to_owned(),
+                path(certs.server_cert()),
+                "--tls-key-file".to_owned(),
+                path(certs.server_key()),
+                "--tls-ca-cert-file".to_owned(),
+                path(certs.ca()),
+                "--tls-auth-clients".to_owned(),
+                if client_auth { "yes" } else { "no" }.to_owned(),
+            ]);
+        }
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            server.port = claim_port()?;
+            match server.spawn_and_wait() {
+                Ok(child) => {
+                    server.child = Some(child);
+                    return Ok(server);
+                }
+                Err(error) => {
+                    release_port(server.port);
+                    server.port = 0;
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::other("redis-server did not start")))
     }
 }
 

@@ -26,7 +26,7 @@ use std::io;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::redis::{RedisServer, RespValue};
+use crate::redis::{RedisServer, RespValue, Spec};
 use crate::tls::TestCerts;
 
 /// The name the sentinels monitor the primary under.
@@ -74,13 +74,17 @@ impl RedisSentinels {
     }
 
     fn start_as(password: Option<&str>, certs: Option<&TestCerts>) -> io::Result<Self> {
-        let data_node = |mut extra: Vec<String>| match (password, certs) {
-            (Some(password), _) => RedisServer::start_with_password(extra, password),
-            (None, Some(certs)) => {
+        let data_node = |mut extra: Vec<String>| {
+            if certs.is_some() {
                 extra.extend(["--tls-replication", "yes"].map(str::to_owned));
-                RedisServer::start_tls_with(extra, certs, false)
             }
-            (None, None) => RedisServer::start_with(extra),
+            Spec {
+                extra,
+                tls: certs.map(|certs| (certs, false)),
+                password: password.map(str::to_owned),
+                ..Spec::default()
+            }
+            .start()
         };
         // Where the others reach a node: its TLS port when there is one.
         let reach = |node: &RedisServer| node.tls_port().unwrap_or(node.port());
@@ -116,10 +120,14 @@ impl RedisSentinels {
             tls: certs.is_some(),
         };
         for _ in 0..3 {
-            group.sentinels.push(match certs {
-                Some(certs) => RedisServer::start_sentinel_tls(conf.clone(), certs)?,
-                None => RedisServer::start_sentinel(conf.clone())?,
-            });
+            group.sentinels.push(
+                Spec {
+                    tls: certs.map(|certs| (certs, false)),
+                    sentinel_conf: Some(conf.clone()),
+                    ..Spec::default()
+                }
+                .start()?,
+            );
         }
         group.wait_until(|g| {
             g.data[1]
